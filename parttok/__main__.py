@@ -1,0 +1,5 @@
+import sys
+
+from parttok.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""What the batch commands share: per-item error reporting, a progress bar, parallelism."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from parttok.errors import InputError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def _guarded(worker: Callable[[Item], Result], item: Item) -> tuple[Result | None, str | None]:
+    try:
+        return worker(item), None
+    except InputError as error:
+        return None, str(error)
+
+
+def process_batch(
+    items: Iterable[Item],
+    worker: Callable[[Item], Result],
+    description: str,
+    jobs: int = 1,
+    show_progress: bool = True,
+) -> tuple[list[tuple[Item, Result]], list[tuple[Item, str]]]:
+    """Run ``worker`` on every item; one bad item is reported on stderr and the rest go on.
+
+    ``worker`` must be picklable when ``jobs > 1``. Returns (done, failed) pairs.
+    """
+    items = list(items)
+    done: list[tuple[Item, Result]] = []
+    failed: list[tuple[Item, str]] = []
+    bar = tqdm(total=len(items), desc=description, unit="clip", disable=not show_progress)
+    if jobs > 1 and len(items) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            outcomes = pool.map(_guarded, [worker] * len(items), items, chunksize=4)
+            for item, (result, error) in zip(items, outcomes, strict=True):
+                _record(item, result, error, done, failed, bar)
+    else:
+        for item in items:
+            _record(item, *_guarded(worker, item), done, failed, bar)
+    bar.close()
+    return done, failed
+
+
+def _record(item, result, error, done, failed, bar) -> None:
+    if error is None:
+        done.append((item, result))
+    else:
+        failed.append((item, error))
+        tqdm.write(f"skipped: {error}", file=sys.stderr)
+    bar.update(1)
+
+
+def exit_status(failed: list) -> int:
+    """0 when every item succeeded, 2 when any input was bad."""
+    if failed:
+        print(f"{len(failed)} input(s) failed; see the messages above", file=sys.stderr)
+        return 2
+    return 0
