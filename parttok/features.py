@@ -144,7 +144,7 @@ def joints_to_features(
 ) -> np.ndarray:
     """(T, 22, 3) positions (metres, Y up, 20 fps) -> (T-1, 263) float32 HumanML3D features,
     by the reference pipeline."""
-    positions = normalize_joints(joints)  # (T, 22, 3)
+    positions = normalize_joints(check_joints(joints, min_frames=2))  # (T, 22, 3)
     contacts = foot_contacts(positions, foot_threshold)  # (T-1, 4)
     pos = torch.from_numpy(positions)
 

@@ -12,7 +12,30 @@ from parttok.rotations import qbetween, qinv, qmul, qrot
 
 NUM_JOINTS = 22
 JOINT_NAMES: tuple[str, ...] = tuple(_SMPLX_JOINT_NAMES[:NUM_JOINTS])
-PARENTS: tuple[int, ...] = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
+PARENTS: tuple[int, ...] = (
+    -1,
+    0,
+    0,
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    9,
+    9,
+    12,
+    13,
+    14,
+    16,
+    17,
+    18,
+    19,
+)
 KINEMATIC_CHAINS: tuple[tuple[int, ...], ...] = (
     (0, 2, 5, 8, 11),
     (0, 1, 4, 7, 10),

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real data in ../shared/data (never skipped when missing)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from parttok.io import extract_once
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real-data folder; a missing folder fails the tests that need it."""
+    path = Path(os.environ.get("PARTTOK_DATA", REPO.parent / "shared" / "data"))
+    assert (path / "humanml3d").is_dir(), f"real data not found at {path} (set PARTTOK_DATA)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def humanml3d_dir(data_dir: Path) -> Path:
+    return data_dir / "humanml3d"
+
+
+@pytest.fixture(scope="session")
+def bandai_dir(data_dir: Path) -> Path:
+    """The extracted Bandai Namco 2 clips (data/*.bvh, data/*.json, cfg/)."""
+    return extract_once(data_dir / "bandai-namco-2.tar.xz")
+
+
+@pytest.fixture(scope="session")
+def iclone_dir(data_dir: Path) -> Path:
+    """The extracted CMU clips on the Character Creator rig (cmu-iclone/*.bvh)."""
+    return extract_once(data_dir / "cmu-iclone.tar.xz") / "cmu-iclone"
+
+
+@pytest.fixture(scope="session")
+def cmu_dir(data_dir: Path) -> Path:
+    return data_dir / "cmu"
