@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check parttok tests tools
 
 test: lint
-	PARTTOK_DATA=$(DATA) $(BIN)/pytest -q -x --timeout=900
+	PARTTOK_DATA=$(DATA) $(BIN)/pytest -q --timeout=900
 
 test-all: lint
 	PARTTOK_DATA=$(DATA) $(BIN)/pytest -q -m "" --timeout=3600

@@ -1,0 +1,44 @@
+"""``parttok evaluate SRC... [--checkpoint PATH] [--json FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from parttok.cli.common import exit_status, process_batch
+from parttok.evaluation import evaluate_clips, format_table
+from parttok.io import write_text
+from parttok.sources import find_clips, load_clip_features
+from parttok.tokenizer import Tokenizer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="BVH, feature .npy, or folders")
+    parser.add_argument("--checkpoint", help="tokenizer folder or .ckpt (default: shipped model)")
+    parser.add_argument("--json", help="write the full report (with per-clip rows) here")
+    parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--report", help="also write a markdown report with figures to this folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    clips = find_clips(args.sources)
+    loaded, failed = process_batch(
+        clips, lambda clip: load_clip_features(clip.path, args.rig), "loading"
+    )
+    usable = {str(clip.relative.with_suffix("")): features for clip, features in loaded}
+    usable = {n: f for n, f in usable.items() if len(f) >= tokenizer.frames_per_step}
+    if not usable:
+        print("no usable clips to evaluate")
+        return 2
+    report = evaluate_clips(tokenizer, usable, batch_size=args.batch_size)
+    report["failed"] = [{"clip": str(clip.path), "error": error} for clip, error in failed]
+    print(format_table(report))
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.report:
+        from parttok.report import write_report
+
+        write_report(args.report, tokenizer, usable, report)
+    return exit_status(failed)
