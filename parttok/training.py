@@ -10,6 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Timer
 from torch import Tensor, nn
 
 from parttok.features import FEATURE_DIM, features_to_joints
@@ -74,7 +75,7 @@ class TokenizerModule(pl.LightningModule):
             to ``lr * final_lr_fraction`` at the trainer's ``max_steps`` (constant when unset).
         feature_weight, velocity_weight, joint_weight: loss weights (joint loss in metres).
         export_dir: where to write the tokenizer (safetensors + config) when training ends;
-            default ``<log dir>/tokenizer``.
+            default ``<trainer.default_root_dir>/tokenizer``.
     """
 
     def __init__(
@@ -160,16 +161,13 @@ class TokenizerModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else None
         warmup = max(1, self.hparams.warmup_steps)
         floor = self.hparams.final_lr_fraction
 
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            if total_steps is None or total_steps <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (total_steps - warmup))
+            progress = self._training_progress(step)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -177,6 +175,17 @@ class TokenizerModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _training_progress(self, step: int) -> float:
+        """Fraction of the run done: by ``max_steps`` when set, else by ``max_time``."""
+        if self.trainer.max_steps > 0:
+            return min(1.0, step / self.trainer.max_steps)
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining("train") if timer is not None else None
+        if remaining is None:
+            return 0.0
+        elapsed = timer.time_elapsed("train")
+        return min(1.0, elapsed / max(elapsed + remaining, 1e-9))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What Tokenizer.from_pretrained needs to rebuild the model from a .ckpt safely.
@@ -192,7 +201,6 @@ class TokenizerModule(pl.LightningModule):
             return
         target = self.hparams.export_dir
         if target is None:
-            log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-            target = str(Path(log_dir) / "tokenizer")
+            target = str(Path(self.trainer.default_root_dir) / "tokenizer")
         tokenizer = Tokenizer(self.model, self.mean.cpu().numpy(), self.std.cpu().numpy())
         tokenizer.save_pretrained(target, training={"global_step": int(self.global_step)})
