@@ -27,8 +27,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent
     )
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it owner-only
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
