@@ -1,0 +1,217 @@
+"""Training through `parttok train` (LightningCLI), checkpoints, resume, and loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from parttok.cli import main
+from parttok.data import convert_sources
+from parttok.errors import CheckpointError
+from parttok.tokenizer import CONFIG_FILE, WEIGHTS_FILE, Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, bandai_dir, cmu_dir) -> Path:
+    """A small real training set: 24 Bandai Namco clips and two CMU clips, converted."""
+    clips = sorted((bandai_dir / "data").glob("*.bvh"))[::120][:24]
+    out = tmp_path_factory.mktemp("converted")
+    report = convert_sources(
+        [*clips, cmu_dir / "02_01.bvh", cmu_dir / "131_01.bvh"], out, jobs=2, show_progress=False
+    )
+    assert not report.failed
+    return out
+
+
+def train(converted: Path, root: Path, *overrides: str) -> int:
+    """Train with the smoke config; ``overrides`` (e.g. a second --config) come before the
+    data and run folder so that those stay the test's."""
+    return main(
+        [
+            "train",
+            "--config",
+            SMOKE,
+            *overrides,
+            "--data.data_dirs",
+            f"[{converted}]",
+            "--trainer.default_root_dir",
+            str(root),
+        ]
+    )
+
+
+def test_fast_dev_run_trains_and_exports_a_loadable_tokenizer(converted, tmp_path):
+    assert train(converted, tmp_path, "--trainer.fast_dev_run", "true") == 0
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert tokenizer.parts == ("root", "torso", "left_arm", "right_arm", "left_leg", "right_leg")
+    clip = np.load(next((converted / "new_joint_vecs").glob("*.npy")))
+    codes = tokenizer.encode(clip)
+    assert codes.shape == (len(clip) // 4, 6) and codes.dtype == np.int64
+    assert tokenizer.decode(codes).shape == (len(clip) // 4 * 4, 263)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "parts"),
+    [
+        (["--config", str(REPO / "configs" / "t2mgpt.yaml")], 1),
+        (["--config", str(REPO / "configs" / "rvq.yaml")], 6),
+        (["--config", str(REPO / "configs" / "pose.yaml")], 6),
+        (["--config", str(REPO / "configs" / "continuous.yaml")], 6),
+        (["--config", str(REPO / "configs" / "five_parts.yaml")], 5),
+    ],
+)
+def test_every_config_trains_in_the_same_harness(converted, tmp_path, overrides, parts):
+    small = ["--model.model.init_args.dim", "32"] if "t2mgpt" not in overrides[1] else []
+    if "t2mgpt" in overrides[1] or "rvq" in overrides[1]:
+        small = ["--model.model.init_args.width", "32", "--model.model.init_args.code_dim", "16"]
+    status = train(converted, tmp_path, *overrides, *small, "--trainer.fast_dev_run", "true")
+    assert status == 0
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert tokenizer.num_parts == parts
+    clip = np.load(next((converted / "new_joint_vecs").glob("*.npy")))[:40]
+    reconstruction = tokenizer.reconstruct(clip)
+    assert reconstruction.shape == (40, 263) and np.isfinite(reconstruction).all()
+
+
+def test_save_and_load_give_identical_codes(converted, tmp_path):
+    assert train(converted, tmp_path, "--trainer.max_steps", "4") == 0
+    first = Tokenizer.from_pretrained(tmp_path / "tokenizer")
+    first.save_pretrained(tmp_path / "copy")
+    second = Tokenizer.from_pretrained(tmp_path / "copy")
+    from_ckpt = Tokenizer.from_pretrained(tmp_path / "checkpoints" / "last.ckpt")
+    clips = [np.load(p) for p in sorted((converted / "new_joint_vecs").glob("*.npy"))[:5]]
+    for clip in clips:
+        codes = first.encode(clip)
+        np.testing.assert_array_equal(codes, second.encode(clip))
+        np.testing.assert_array_equal(codes, from_ckpt.encode(clip))
+    assert first.identity == second.identity
+
+
+def test_encode_is_deterministic_and_leaves_the_codebook_unchanged(converted, tmp_path):
+    assert train(converted, tmp_path, "--trainer.max_steps", "2") == 0
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "tokenizer")
+    before = {k: v.clone() for k, v in tokenizer.model.state_dict().items()}
+    clips = [np.load(p) for p in sorted((converted / "new_joint_vecs").glob("*.npy"))[:6]]
+    batched = tokenizer.encode_batch(clips)
+    for clip, codes in zip(clips, batched, strict=True):
+        np.testing.assert_array_equal(tokenizer.encode(clip), codes)
+    after = tokenizer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_resumes_after_a_kill(converted, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "parttok",
+        "train",
+        "--config",
+        SMOKE,
+        "--data.data_dirs",
+        f"[{converted}]",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.max_steps",
+        "400",
+        "--trainer.val_check_interval",
+        "1000",
+        "--checkpoint.every_n_train_steps",
+        "3",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    step = 0
+    while time.monotonic() < deadline and step < 6:
+        time.sleep(0.5)
+        if last.exists():
+            try:
+                step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+            except (RuntimeError, EOFError, KeyError, OSError):
+                step = 0  # caught mid-write
+        assert process.poll() is None, "training ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert step >= 6, "no checkpoint appeared in time"
+    saved = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    resume = ["train", *command[4:], "--ckpt_path", "last", "--trainer.max_steps", str(saved + 3)]
+    assert main(resume) == 0
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["global_step"] == saved + 3
+    metrics = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) > 1
+
+
+def test_bad_checkpoints_give_clear_errors(converted, tmp_path, capsys):
+    assert train(converted, tmp_path / "run", "--trainer.max_steps", "2") == 0
+    good = tmp_path / "run" / "tokenizer"
+
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        Tokenizer.from_pretrained(tmp_path / "text.ckpt")
+
+    with pytest.raises(CheckpointError, match="not a parttok tokenizer"):
+        Tokenizer.from_pretrained(tmp_path)
+
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / CONFIG_FILE).write_bytes((good / CONFIG_FILE).read_bytes())
+    (truncated / WEIGHTS_FILE).write_bytes((good / WEIGHTS_FILE).read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="damaged"):
+        Tokenizer.from_pretrained(truncated)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((good / CONFIG_FILE).read_text())
+    config["model_config"]["dim"] = 64
+    (other / CONFIG_FILE).write_text(json.dumps(config))
+    (other / WEIGHTS_FILE).write_bytes((good / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Tokenizer.from_pretrained(other)
+
+    config["model_class"] = "os.system"
+    (other / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown model class"):
+        Tokenizer.from_pretrained(other)
+
+    config = json.loads((good / CONFIG_FILE).read_text())
+    config["version"] = 99
+    (other / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="newer parttok"):
+        Tokenizer.from_pretrained(other)
+
+    clip = next((converted / "new_joint_vecs").glob("*.npy"))
+    capsys.readouterr()
+    status = main(["evaluate", str(clip), "--checkpoint", str(truncated)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1 and "damaged" in error[0]
+
+
+def test_evaluate_writes_json_with_the_documented_fields(converted, tmp_path):
+    assert train(converted, tmp_path / "run", "--trainer.max_steps", "2") == 0
+    report_path = tmp_path / "report.json"
+    status = main(
+        ["evaluate", str(converted), "--checkpoint", str(tmp_path / "run" / "tokenizer"),
+         "--json", str(report_path)]
+    )  # fmt: skip
+    assert status == 0
+    report = json.loads(report_path.read_text())
+    for key in ("mpjpe_mm", "pa_mpjpe_mm", "per_part_mpjpe_mm", "accel_error", "bits_per_second",
+                "tokens_per_second", "usage", "perplexity", "per_clip"):  # fmt: skip
+        assert key in report
+    assert report["clips"] == len(list((converted / "new_joint_vecs").glob("*.npy")))
+    assert report["bits_per_second"] == pytest.approx(6 * 6 * 5)  # log2(64) bits, 6 parts
+    assert 0 < report["mpjpe_mm"] < 2000
+    assert os.path.getsize(report_path) > 0

@@ -1,0 +1,203 @@
+"""Train parttok and the field's tokenizers under one budget and compare them on held-out
+real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md.
+
+    python tools/prepare_data.py                   # once: data/bandai, data/cmu, data/cmu-iclone
+    python tools/compare.py --minutes 12           # train all four, then evaluate
+    python tools/compare.py --evaluate-only        # re-evaluate the trained runs
+
+Protocol: every model trains for the same wall-clock minutes on the same data (Bandai Namco 2
+and CMU train splits without any "run" clip), ``--parallel`` runs at a time with
+``--threads`` threads each. In-distribution: the Bandai Namco 2 validation clips (no "run").
+Unseen: every Bandai "run" clip of the validation and test splits (an action never seen),
+all 61 CMU clips on the Character Creator rig (other performers and actions) and the
+HumanML3D reference clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parttok.data import HumanML3DFolder
+from parttok.evaluation import evaluate_clips
+from parttok.io import write_text
+from parttok.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = "_run_"
+MODELS = {
+    "parttok": [],
+    "t2mgpt": ["--config", "configs/t2mgpt.yaml"],
+    "rvq": ["--config", "configs/rvq.yaml"],
+    "continuous": ["--config", "configs/continuous.yaml"],
+}
+LABELS = {
+    "parttok": "parttok, 6 parts x 512",
+    "t2mgpt": "T2M-GPT VQ-VAE, 1 x 512",
+    "rvq": "MoMask residual VQ, 6 x 512",
+    "continuous": "parttok continuous (no quantizer)",
+}
+
+
+def train_all(names: list[str], out: Path, minutes: float, threads: int, parallel: int) -> dict:
+    """Launch the trainings ``parallel`` at a time; return wall seconds per run."""
+    budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
+    pending, running, seconds = list(names), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name = pending.pop(0)
+            command = [
+                sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml",
+                *MODELS[name],
+                "--trainer.max_time", f"00:{budget}",
+                "--trainer.default_root_dir", str(out / name),
+                "--trainer.enable_progress_bar", "false",
+                "--data.data_dirs", "[data/bandai, data/cmu]",
+                "--data.exclude", f"[{HELD_OUT}]",
+            ]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+            running[name] = (process, time.monotonic(), log)
+            print(f"training {name} for {minutes} min", flush=True)
+        time.sleep(5)
+        for name, (process, start, log) in list(running.items()):
+            if process.poll() is not None:
+                log.close()
+                seconds[name] = time.monotonic() - start
+                del running[name]
+                print(f"{name} finished with status {process.returncode}", flush=True)
+    return seconds
+
+
+def evaluation_sets(data: Path, shared: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The held-out clip sets, as raw features by id."""
+    bandai = HumanML3DFolder(data / "bandai")
+    iclone = HumanML3DFolder(data / "cmu-iclone")
+    reference = HumanML3DFolder(shared / "humanml3d")
+    in_distribution = {i: bandai.features(i) for i in bandai.ids("val") if HELD_OUT not in i}
+    unseen_ids = [i for split in ("val", "test") for i in bandai.ids(split) if HELD_OUT in i]
+    unseen = {i: bandai.features(i) for i in unseen_ids}
+    unseen |= {f"cc/{i}": iclone.features(i) for i in iclone.ids()}
+    unseen |= {f"hml/{i}": reference.features(i) for i in reference.ids()}
+    return {"in_distribution": in_distribution, "unseen": unseen}
+
+
+def evaluate_runs(names: list[str], out: Path, sets: dict) -> dict:
+    results = {}
+    for name in names:
+        folder = out / name / "tokenizer"
+        if not folder.is_dir():
+            print(f"{name}: no exported tokenizer in {folder}; skipped")
+            continue
+        tokenizer = Tokenizer.from_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        results[name] = {
+            "parameters": sum(p.numel() for p in tokenizer.model.parameters()),
+            "steps": config["training"].get("global_step"),
+            **{key: evaluate_clips(tokenizer, clips) for key, clips in sets.items()},
+        }
+        for key in sets:
+            results[name][key].pop("per_clip")
+        print(f"{name}: {json.dumps({k: results[name][k]['mpjpe_mm'] for k in sets})}")
+    return results
+
+
+def markdown(results: dict, minutes: float, threads: int, parallel: int, sets: dict) -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    lines = [
+        "## Tokenizers side by side",
+        "",
+        f"Command: `python tools/compare.py --minutes {minutes:g} --threads {threads} "
+        f"--parallel {parallel}` (after `python tools/prepare_data.py`).",
+        f"Machine: {os.cpu_count()} cores ({cpu}), no GPU, torch {torch.__version__}; "
+        f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
+        f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
+        "CMU train splits without any 'run' clip.",
+        f"In-distribution: {len(sets['in_distribution'])} Bandai Namco 2 validation clips. "
+        f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
+        "splits (an action never trained on), all CMU clips on the Character Creator rig, and "
+        "the HumanML3D reference clips. MPJPE is pelvis-aligned, every frame of every clip "
+        "counted once.",
+        "",
+        "| tokenizer | bits/s | params | steps | MPJPE in-dist (mm) | PA-MPJPE in-dist | "
+        "MPJPE unseen (mm) | PA-MPJPE unseen | codebook usage (mean over parts) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        seen, unseen = result["in_distribution"], result["unseen"]
+        bits = seen["bits_per_second"]
+        usage = np.mean(list(seen["usage"].values())) if "usage" in seen else float("nan")
+        lines.append(
+            f"| {LABELS[name]} | {'continuous' if bits == float('inf') else f'{bits:.0f}'} | "
+            f"{result['parameters'] / 1e6:.2f} M | {result['steps']} | {seen['mpjpe_mm']:.1f} | "
+            f"{seen['pa_mpjpe_mm']:.1f} | {unseen['mpjpe_mm']:.1f} | {unseen['pa_mpjpe_mm']:.1f} | "
+            f"{'n/a' if np.isnan(usage) else f'{usage:.0%}'} |"
+        )
+    lines += ["", "Per-part MPJPE on unseen clips (mm):", ""]
+    parts = list(next(iter(results.values()))["unseen"]["per_part_mpjpe_mm"])
+    lines += ["| tokenizer | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
+    for name, result in results.items():
+        values = result["unseen"]["per_part_mpjpe_mm"]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{values[p]:.1f}" for p in parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_section(path: Path, section: str) -> None:
+    """Replace (or append) the section whose heading starts ``section`` in a markdown file."""
+    heading = section.splitlines()[0]
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "")
+        text += "".join(lines[end:])
+    write_text(path, text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=12)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
+    parser.add_argument("--data", type=Path, default=REPO / "data")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.evaluate_only:
+        train_all(args.models, args.out, args.minutes, args.threads, args.parallel)
+    torch.set_num_threads(os.cpu_count() or 1)
+    sets = evaluation_sets(args.data, args.shared)
+    results = evaluate_runs(args.models, args.out, sets)
+    write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
+    section = markdown(results, args.minutes, args.threads, args.parallel, sets)
+    update_section(args.benchmarks, section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
