@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -246,7 +246,7 @@ class Tokenizer:
             )
         try:
             tensors = load_file(str(path / WEIGHTS_FILE))
-        except (SafetensorsError, OSError, ValueError) as error:
+        except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: damaged weights ({error})") from None
         model = build_model(config.get("model_class", ""), config.get("model_config", {}))
         return cls._assemble(model, tensors, path, device)

@@ -1,0 +1,75 @@
+"""``parttok encode SRC... --out DIR``: clips -> one token file per clip, mirroring the tree."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from parttok.cli.common import exit_status
+from parttok.inference import RunOptions, encode_files, output_jobs
+from parttok.sources import find_clips
+from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, TOKEN_SUFFIX, save_projector
+from parttok.tokenizer import Tokenizer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources", nargs="+", metavar="SRC", help="BVH, feature or joint .npy, or folders"
+    )
+    parser.add_argument("--out", required=True, help="folder for the token files")
+    parser.add_argument("--checkpoint", help="tokenizer folder or .ckpt (default: shipped model)")
+    parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
+    add_run_arguments(parser)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by encode and decode."""
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="devices for Lightning's predict loop (default: all GPUs if any, else the CPU)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="processes loading inputs (default: up to 4, cores - 1)"
+    )
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    todo, skipped, clashes = output_jobs(
+        find_clips(args.sources), args.out, TOKEN_SUFFIX, args.force
+    )
+    report_plan(todo, skipped, clashes)
+    source = str(Path(args.checkpoint).resolve()) if args.checkpoint else SHIPPED_MODEL
+    failed = encode_files(
+        tokenizer, todo, rig=args.rig, checkpoint_source=source, options=run_options(args)
+    )
+    if getattr(tokenizer.model, "projector", None) is not None:
+        projector = Path(args.out) / PROJECTOR_FILE
+        if args.force or not projector.exists():
+            save_projector(projector, tokenizer)
+            print(f"wrote the projector of the part features to {projector}")
+    return exit_status(clashes + failed)
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        devices=args.devices,
+        progress=not args.quiet,
+    )
+
+
+def report_plan(todo: list, skipped: list, clashes: list) -> None:
+    """Say what will be done before doing it."""
+    for _, message in clashes:
+        print(f"skipped: {message}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} output(s) exist already, skipped (-f overwrites)")
+    if not todo:
+        print("nothing to do")

@@ -1,0 +1,288 @@
+"""``parttok encode`` / ``decode`` on the real clips with a small random tokenizer: files
+mirror the input tree and equal the API, finished outputs are skipped, bad inputs are
+reported one line each while the rest are done, and Lightning's predict loop gives the same
+codes."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from parttok.bvh import read_bvh
+from parttok.cli import main
+from parttok.features import features_to_joints
+from parttok.inference import RunOptions, encode_files, output_jobs
+from parttok.model import PartTokenizer
+from parttok.skeleton import JOINT_NAMES
+from parttok.sources import find_clips, load_clip_features
+from parttok.tokenfile import PROJECTOR_FILE, load_tokens
+from parttok.tokenizer import Tokenizer
+
+SMALL = dict(
+    dim=32,
+    frame_dim=8,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    attention_window=4,
+    codebook_size=64,
+    code_dim=8,
+)
+BVH_CLIP = "02_01.bvh"  # the shortest CMU clip
+
+
+def small_tokenizer(humanml3d_dir: Path, seed: int, **options) -> Tokenizer:
+    """Random weights; one training forward on the real clips initialises the codebooks."""
+    torch.manual_seed(seed)
+    model = PartTokenizer(**{**SMALL, **options})
+    mean = np.load(humanml3d_dir / "Mean.npy")
+    std = np.load(humanml3d_dir / "Std.npy")
+    clips = [np.load(p) for p in sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))]
+    batch = torch.from_numpy(np.stack([(c[:112] - mean) / std for c in clips])).float()
+    model.train()(batch, torch.ones(batch.shape[:2], dtype=torch.bool))
+    return Tokenizer(model.eval(), mean, std)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(humanml3d_dir: Path, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tokenizer")
+    small_tokenizer(humanml3d_dir, seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(checkpoint: Path) -> Tokenizer:
+    return Tokenizer.from_pretrained(checkpoint)
+
+
+@pytest.fixture
+def source_tree(humanml3d_dir: Path, cmu_dir: Path, tmp_path: Path) -> Path:
+    """Real clips in nested folders: feature .npy, joint .npy and a BVH."""
+    root = tmp_path / "motion"
+    (root / "walks" / "slow").mkdir(parents=True)
+    (root / "mocap").mkdir()
+    shutil.copy(humanml3d_dir / "new_joint_vecs" / "012314.npy", root / "walks")
+    shutil.copy(humanml3d_dir / "new_joint_vecs" / "007005.npy", root / "walks" / "slow")
+    shutil.copy(humanml3d_dir / "new_joints" / "M010655.npy", root / "mocap" / "joints.npy")
+    shutil.copy(cmu_dir / BVH_CLIP, root / "mocap")
+    return root
+
+
+CLIPS = {
+    "walks/012314": "walks/012314.npy",
+    "walks/slow/007005": "walks/slow/007005.npy",
+    "mocap/joints": "mocap/joints.npy",
+    "mocap/02_01": "mocap/02_01.bvh",
+}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main([*map(str, argv), "-q", "--workers", "0"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def test_encode_mirrors_the_tree_and_equals_the_api(
+    source_tree: Path, checkpoint: Path, tokenizer: Tokenizer, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "tokens"
+    status, _, err = run(capsys, "encode", source_tree, "--out", out, "--checkpoint", checkpoint)
+    assert status == 0, err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(f"{name}.ptok" for name in CLIPS)
+    for name, source in CLIPS.items():
+        features = load_clip_features(source_tree / source)
+        tokens = load_tokens(out / f"{name}.ptok", expect_identity=tokenizer.identity)
+        np.testing.assert_array_equal(tokens.codes, tokenizer.encode(features))
+        assert tokens.num_frames == len(features) and tokens.source == Path(name).name
+        assert tokens.parts == tokenizer.parts and tokens.frames_per_step == 4
+        assert tokens.checkpoint_source == str(checkpoint.resolve())
+
+
+def test_humanml3d_folder_encodes_its_feature_clips(
+    humanml3d_dir: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    status, _, err = run(
+        capsys, "encode", humanml3d_dir, "--out", tmp_path, "--checkpoint", checkpoint
+    )
+    assert status == 0, err
+    expected = sorted(p.stem for p in (humanml3d_dir / "new_joint_vecs").glob("*.npy"))
+    assert sorted(p.stem for p in tmp_path.glob("*.ptok")) == expected
+    float64_clip = load_tokens(tmp_path / "000000.ptok")  # stored as float64 upstream
+    assert float64_clip.num_frames == 116 and float64_clip.num_steps == 29
+
+
+@pytest.mark.parametrize("output_format", ["features", "joints", "bvh"])
+def test_decode_equals_the_api(
+    source_tree: Path,
+    checkpoint: Path,
+    tokenizer: Tokenizer,
+    tmp_path: Path,
+    capsys,
+    output_format: str,
+) -> None:
+    tokens_dir, decoded = tmp_path / "tokens", tmp_path / "decoded"
+    run(capsys, "encode", source_tree / "walks", "--out", tokens_dir, "--checkpoint", checkpoint)
+    status, _, err = run(
+        capsys,
+        "decode",
+        tokens_dir,
+        "--out",
+        decoded,
+        "--format",
+        output_format,
+        "--checkpoint",
+        checkpoint,
+    )
+    assert status == 0, err
+    for name in ("012314", "slow/007005"):
+        source = source_tree / "walks" / f"{name}.npy"
+        expected = tokenizer.decode(tokenizer.encode(load_clip_features(source)))  # (T, 263)
+        if output_format == "features":
+            np.testing.assert_allclose(np.load(decoded / f"{name}.npy"), expected, atol=1e-5)
+        elif output_format == "joints":
+            joints = np.load(decoded / f"{name}.npy")
+            np.testing.assert_allclose(joints, features_to_joints(expected), atol=1e-4)
+        else:
+            bvh = read_bvh(decoded / f"{name}.bvh")
+            order = [bvh.index(joint) for joint in JOINT_NAMES]
+            assert bvh.fps == pytest.approx(20)
+            joints = bvh.global_positions()[:, order]  # (T, 22, 3) metres
+            np.testing.assert_allclose(joints, features_to_joints(expected), atol=1e-4)
+
+
+def test_finished_outputs_are_skipped_and_overwritten_only_with_force(
+    source_tree: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "tokens"
+    command = ("encode", source_tree / "walks", "--out", out, "--checkpoint", checkpoint)
+    run(capsys, *command)
+    target = out / "012314.ptok"
+    first = load_tokens(target)
+    target.write_bytes(b"placeholder")
+    status, printed, _ = run(capsys, *command)
+    assert status == 0 and "2 output(s) exist already" in printed
+    assert target.read_bytes() == b"placeholder"
+    status, _, _ = run(capsys, *command, "-f")
+    again = load_tokens(target)  # encoding is deterministic
+    assert status == 0 and replace(again, codes=None) == replace(first, codes=None)
+    np.testing.assert_array_equal(again.codes, first.codes)
+
+
+def bad_line(err: str, path: Path) -> str:
+    lines = [line for line in err.splitlines() if str(path) in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_bad_clips_are_reported_and_the_rest_encoded(
+    humanml3d_dir: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    source = tmp_path / "motion"
+    source.mkdir()
+    features = np.load(humanml3d_dir / "new_joint_vecs" / "012314.npy")
+    np.save(source / "good.npy", features)
+    np.save(source / "nan.npy", np.where(np.arange(263) == 5, np.nan, features))
+    np.save(source / "kit.npy", features[:, :251])
+    np.save(source / "short.npy", features[:3])
+    (source / "broken.npy").write_bytes(b"\x93NUMPY broken")
+    status, _, err = run(
+        capsys, "encode", source, "--out", tmp_path / "out", "--checkpoint", checkpoint
+    )
+    assert status == 2
+    assert "NaN" in bad_line(err, source / "nan.npy")
+    assert "251" in bad_line(err, source / "kit.npy")
+    assert "fewer than one token step" in bad_line(err, source / "short.npy")
+    bad_line(err, source / "broken.npy")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.ptok"]
+
+
+def test_bad_token_files_are_reported_and_the_rest_decoded(
+    humanml3d_dir: Path, checkpoint: Path, tokenizer: Tokenizer, tmp_path: Path, capsys
+) -> None:
+    tokens_dir = tmp_path / "tokens"
+    run(capsys, "encode", humanml3d_dir, "--out", tokens_dir, "--checkpoint", checkpoint)
+    damaged = tokens_dir / "000000.ptok"
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    other = tmp_path / "other"
+    small_tokenizer(humanml3d_dir, seed=1).save_pretrained(other)
+    foreign = tokens_dir / "007005.ptok"
+    run(
+        capsys,
+        "encode",
+        humanml3d_dir / "new_joint_vecs" / "007005.npy",
+        "--out",
+        tokens_dir,
+        "--checkpoint",
+        other,
+        "-f",
+    )
+    newer = tokens_dir / "012314.ptok"
+    newer.write_bytes(newer.read_bytes().replace(b'"version":"1"', b'"version":"7"'))
+    status, _, err = run(
+        capsys, "decode", tokens_dir, "--out", tmp_path / "out", "--checkpoint", checkpoint
+    )
+    assert status == 2
+    assert "damaged" in bad_line(err, damaged)
+    message = bad_line(err, foreign)
+    assert (
+        f"made by checkpoint {load_tokens(foreign).checkpoint}, this is {tokenizer.identity}"
+        in message
+    )
+    assert f"--checkpoint {other.resolve()}" in message
+    assert "newer parttok (format 7" in bad_line(err, newer)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["M010655.npy"]
+
+
+def test_lightning_predict_loop_gives_the_same_codes(
+    humanml3d_dir: Path, cmu_dir: Path, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    clips = find_clips([humanml3d_dir, cmu_dir / BVH_CLIP])
+    todo, _, _ = output_jobs(clips, tmp_path, ".ptok")
+    options = RunOptions(batch_size=3, workers=0, devices=1, use_trainer=True, progress=False)
+    failed = encode_files(tokenizer, todo, options=options)
+    assert failed == []
+    expected = tokenizer.encode_batch([load_clip_features(clip.path) for clip in clips])
+    for job, codes in zip(todo, expected, strict=True):
+        np.testing.assert_array_equal(load_tokens(job.output).codes, codes)
+
+
+def test_continuous_tokenizer_exports_part_features_and_its_projector(
+    humanml3d_dir: Path, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "continuous"
+    continuous = small_tokenizer(humanml3d_dir, 0, mode="continuous", llm_hidden_size=24)
+    continuous.save_pretrained(folder)
+    out = tmp_path / "features"
+    status, printed, err = run(
+        capsys, "encode", humanml3d_dir, "--out", out, "--checkpoint", folder
+    )
+    assert status == 0 and str(out / PROJECTOR_FILE) in printed, err
+    tokens = load_tokens(out / "012314.ptok")
+    features = load_clip_features(humanml3d_dir / "new_joint_vecs" / "012314.npy")
+    assert tokens.kind == "continuous" and tokens.codes.shape == (42, 6, 8)
+    np.testing.assert_allclose(tokens.codes, continuous.encode(features), atol=1e-6)
+    weights = load_file(str(out / PROJECTOR_FILE))
+    projected = tokens.codes @ weights["weight"].T + weights["bias"]  # (S, P, 24)
+    with torch.no_grad():
+        expected = continuous.model.project(torch.from_numpy(tokens.codes)).numpy()
+    np.testing.assert_allclose(projected, expected, atol=1e-5)
+    status, _, err = run(
+        capsys, "decode", out, "--out", tmp_path / "decoded", "--checkpoint", folder
+    )
+    assert status == 0, err
+    assert np.load(tmp_path / "decoded" / "012314.npy").shape == (168, 22, 3)
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path: Path, humanml3d_dir: Path, capsys) -> None:
+    status, _, err = run(
+        capsys, "encode", humanml3d_dir, "--out", tmp_path, "--checkpoint", tmp_path / "none"
+    )
+    assert status == 2 and len(err.strip().splitlines()) == 1
