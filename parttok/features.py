@@ -221,12 +221,20 @@ def _recover_joints(features: Tensor) -> Tensor:
 def compute_statistics(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (263,) of feature clips the reference way: per-dimension mean over all
     frames (clips with NaN skipped), std averaged within each of the seven groups."""
-    finite = [clip for clip in clips if np.isfinite(clip).all()]
-    if not finite:
+    total = np.zeros(FEATURE_DIM)
+    squares = np.zeros(FEATURE_DIM)
+    frames = 0
+    for clip in clips:  # accumulated per clip in float64: no copy of the whole dataset
+        if not np.isfinite(clip).all():
+            continue
+        clip = clip.astype(np.float64)
+        total += clip.sum(axis=0)
+        squares += np.square(clip).sum(axis=0)
+        frames += len(clip)
+    if frames == 0:
         raise FeatureError("no finite clips to compute statistics from")
-    frames = np.concatenate(finite, axis=0).astype(np.float64)
-    mean = frames.mean(axis=0)
-    std = frames.std(axis=0)
+    mean = total / frames
+    std = np.sqrt(np.maximum(squares / frames - np.square(mean), 0.0))
     for group in GROUPS.values():
         std[group] = std[group].mean()
     std = np.where(std < 1e-8, 1.0, std)  # a constant group (e.g. no contacts) stays unscaled

@@ -21,12 +21,15 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that sub-command's (imports stay light)."""
     parser = argparse.ArgumentParser(
         prog="parttok", description="Body-part motion tokens for language models."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = _command_module(module_name)
         if module is None:
             continue
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         from parttok.cli.train import run_lightning_cli
 
         return run_lightning_cli(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except ParttokError as error:

@@ -15,6 +15,14 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+def _single_thread() -> None:
+    """Pool workers run one torch thread each: forked OpenMP pools hang, and the work is
+    already parallel across processes."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _guarded(worker: Callable[[Item], Result], item: Item) -> tuple[Result | None, str | None]:
     try:
         return worker(item), None
@@ -38,7 +46,7 @@ def process_batch(
     failed: list[tuple[Item, str]] = []
     bar = tqdm(total=len(items), desc=description, unit="clip", disable=not show_progress)
     if jobs > 1 and len(items) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_single_thread) as pool:
             outcomes = pool.map(_guarded, [worker] * len(items), items, chunksize=4)
             for item, (result, error) in zip(items, outcomes, strict=True):
                 _record(item, result, error, done, failed, bar)

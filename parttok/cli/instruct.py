@@ -1,0 +1,120 @@
+"""``parttok instruct SRC... --out FILE.jsonl``: instruction-tuning conversations
+(text-to-motion, captioning, prediction, pose estimation) from captioned clips."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from parttok.errors import InputError
+
+DEFAULT_TASKS = "t2m,caption,pose,predict"  # parttok.instruct.TASKS, without importing torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="folders in the HumanML3D layout (new_joint_vecs/ and texts/)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output: .jsonl (one conversation a line) or .json (one JSON array)",
+    )
+    parser.add_argument("--checkpoint", metavar="PATH", help="motion tokenizer (default: shipped)")
+    parser.add_argument(
+        "--pose-checkpoint", metavar="PATH", help="pose tokenizer; without it no pose task"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("messages", "llava"),
+        default="messages",
+        help="chat 'messages' (default) or LLaVA 'conversations'",
+    )
+    parser.add_argument(
+        "--templates",
+        metavar="YAML",
+        help="template file (default: configs/instruct_templates.yaml)",
+    )
+    parser.add_argument(
+        "--tasks",
+        default=DEFAULT_TASKS,
+        help=f"comma-separated, from {DEFAULT_TASKS} (default: all)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="templates, cuts, frames, cameras")
+    parser.add_argument("--naming", choices=("parttok", "motiongpt"), default="parttok")
+    parser.add_argument(
+        "--pose-input",
+        choices=("keypoints", "image"),
+        default="keypoints",
+        help="pose prompts: 2D keypoints as text (default) or an <image> placeholder",
+    )
+    parser.add_argument(
+        "--min-frames",
+        type=int,
+        default=20,
+        metavar="N",
+        help="leave out (sub-)clips shorter than this (default: 20, one second)",
+    )
+    parser.add_argument("--focal", type=float, default=600.0, help="camera focal length, pixels")
+    parser.add_argument(
+        "--camera-distance", type=float, default=4.0, help="camera to pelvis, metres"
+    )
+    parser.add_argument("--elevation", type=float, default=10.0, help="camera elevation, degrees")
+    parser.add_argument(
+        "--azimuth",
+        type=float,
+        help="camera azimuth in degrees, 0 = in front (default: random per pose)",
+    )
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from parttok.cli.common import exit_status
+    from parttok.instruct import (
+        Camera,
+        InstructSettings,
+        build_conversations,
+        load_templates,
+        summary,
+        write_conversations,
+    )
+    from parttok.tokenizer import Tokenizer
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputError(f"{out}: exists (-f overwrites)")
+    tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    settings = InstructSettings(
+        tasks=tasks,
+        seed=args.seed,
+        naming=args.naming,
+        pose_input=args.pose_input,
+        min_frames=args.min_frames,
+        camera=Camera(
+            focal=args.focal,
+            distance=args.camera_distance,
+            elevation=args.elevation,
+            azimuth=args.azimuth or 0.0,
+        ),
+        random_azimuth=args.azimuth is None,
+    )
+    templates = load_templates(args.templates)
+    tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    pose_tokenizer = (
+        Tokenizer.from_pretrained(args.pose_checkpoint) if args.pose_checkpoint else None
+    )
+    report = build_conversations(
+        args.sources, tokenizer, templates, settings, pose_tokenizer, show_progress=True
+    )
+    if "pose" in report.skipped_tasks:
+        print("pose task skipped: no pose tokenizer (--pose-checkpoint)", file=sys.stderr)
+    if not report.records:
+        raise InputError("no conversations made; see the messages above")
+    write_conversations(report.records, out, args.format)
+    print(f"{out}: {summary(report)}")
+    return exit_status(report.failed)
