@@ -1,0 +1,742 @@
+"""The body-part tokenizer: a Transformer VQ-VAE that pools groups of joints through learnable
+part queries into one code per body part per time step.
+
+    features (B, T, 263), normalised
+      -> per-joint embeddings (B, T, 22, C) -> 4-frame patches (B, S, 22, Dj), S = T / 4
+      -> spatio-temporal Transformer (attention across joints, then across steps)
+      -> part queries read only their group's joints (B, S, P, D) -> (B, S, P, code_dim)
+      -> one codebook per part: codes (B, S, P)
+      -> part tokens -> Transformer over parts x steps
+      -> joint queries read all parts of their step (B, S, 22, Dj)
+      -> un-patch to frames -> per-joint heads -> (B, T, 263)
+
+The codes are separate per part, but a decoded joint may depend on several parts (where an
+arm is depends on the torso too), so the joint queries are not masked.
+
+Modes of the same code: "motion" (above); "pose" (each frame its own step, only the pose
+features, no attention across time); "continuous" (no quantizer: the part features are the
+output, with an optional projector to a language model's hidden size).
+
+Temporal attention is local (``attention_window`` steps each side) with a learned relative
+position bias, so clips of any length see what the training windows saw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from vector_quantize_pytorch import FSQ, VectorQuantize
+
+from parttok.errors import FeatureError
+from parttok.features import FEATURE_DIM, JOINT_FEATURE_INDICES, POSE_FEATURE_INDICES
+from parttok.skeleton import NUM_JOINTS
+
+MODES = ("motion", "pose", "continuous")
+# ParCo's split of the 22 SMPL joints.
+SIX_PARTS: dict[str, tuple[int, ...]] = {
+    "root": (0,),
+    "torso": (3, 6, 9, 12, 15),
+    "left_arm": (13, 16, 18, 20),
+    "right_arm": (14, 17, 19, 21),
+    "left_leg": (1, 4, 7, 10),
+    "right_leg": (2, 5, 8, 11),
+}
+# The root (pelvis and trajectory) joined to the spine and head.
+FIVE_PARTS: dict[str, tuple[int, ...]] = {
+    "torso": (0, 3, 6, 9, 12, 15),
+    "left_arm": SIX_PARTS["left_arm"],
+    "right_arm": SIX_PARTS["right_arm"],
+    "left_leg": SIX_PARTS["left_leg"],
+    "right_leg": SIX_PARTS["right_leg"],
+}
+
+
+@dataclass
+class ModelOutput:
+    """What every parttok model's forward returns."""
+
+    reconstruction: Tensor  # (B, T, 263) normalised; zero at padded steps
+    codes: Tensor | None  # (B, S, P) long, -1 at padded steps; None without a quantizer
+    aux_loss: Tensor  # scalar: commitment loss, already weighted
+    latents: Tensor  # (B, S, P, code_dim) the vectors before quantisation
+
+
+def validate_parts(parts: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Check a part config (name -> joint indices); every joint must belong to some part."""
+    if not isinstance(parts, Mapping) or not parts:
+        raise ValueError("parts: expected a non-empty mapping of part name -> joint indices")
+    groups: dict[str, tuple[int, ...]] = {}
+    for name, joints in parts.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"parts: part names must be non-empty strings, got {name!r}")
+        if isinstance(joints, (str, bytes)) or not isinstance(joints, Sequence) or not joints:
+            raise ValueError(f"parts: {name!r} needs a non-empty list of joint indices")
+        if not all(isinstance(j, Integral) and 0 <= j < NUM_JOINTS for j in joints):
+            raise ValueError(f"parts: {name!r} has joints outside 0..21: {list(joints)}")
+        if len(set(joints)) != len(joints):
+            raise ValueError(f"parts: {name!r} lists a joint twice: {list(joints)}")
+        groups[name] = tuple(int(j) for j in joints)
+    missing = sorted(set(range(NUM_JOINTS)).difference(*groups.values()))
+    if missing:
+        raise ValueError(f"parts: joints {missing} belong to no part; every joint needs one")
+    return groups
+
+
+def check_batch(features: Tensor, mask: Tensor | None, frames_per_step: int) -> Tensor:
+    """Validate a (B, T, 263) batch and its (B, T) mask; return the mask (all True if None)."""
+    if features.ndim != 3 or features.shape[-1] != FEATURE_DIM:
+        raise FeatureError(f"expected features (batch, frames, 263), got {tuple(features.shape)}")
+    if features.shape[1] % frames_per_step:
+        raise FeatureError(
+            f"{features.shape[1]} frames is not a multiple of {frames_per_step} frames per "
+            "step; pad the batch and mask the padding"
+        )
+    if mask is None:
+        return torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+    if mask.shape != features.shape[:2]:
+        raise FeatureError(f"mask {tuple(mask.shape)} does not match features {features.shape}")
+    return mask.bool()
+
+
+def step_mask_from(mask: Tensor, frames_per_step: int) -> Tensor:
+    """Frame mask (B, T) -> step mask (B, T / frames_per_step): a step is real if any frame is."""
+    return rearrange(mask, "b (s r) -> b s r", r=frames_per_step).any(dim=-1)
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Run with every submodule in eval mode (no EMA or k-means codebook updates, no dropout),
+    then put each submodule back in the mode it was in."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+def nearest_codes(vectors: Tensor, codebooks: Tensor) -> Tensor:
+    """Index of the nearest code (Euclidean) per group: (..., G, d), (G, K, d) -> (..., G)."""
+    dot = torch.einsum("...gd,gkd->...gk", vectors, codebooks)
+    return (codebooks.square().sum(dim=-1) - 2 * dot).argmin(dim=-1)
+
+
+def lookup_codes(codes: Tensor, codebooks: Tensor) -> Tensor:
+    """Code vectors per group: codes (..., G), (G, K, d) -> (..., G, d); code -1 gives zeros."""
+    groups = torch.arange(codebooks.shape[0], device=codes.device)
+    vectors = codebooks[groups, codes.clamp_min(0)]
+    return vectors.masked_fill((codes < 0)[..., None], 0.0)
+
+
+def build_vector_quantizer(
+    code_dim: int,
+    codebook_size: int,
+    groups: int,
+    ema_decay: float,
+    kmeans_init: bool,
+    dead_code_threshold: float,
+    commitment_weight: float,
+) -> VectorQuantize:
+    """An EMA VectorQuantize with one codebook per group over (1, N, groups * code_dim)."""
+    return VectorQuantize(
+        dim=groups * code_dim,
+        codebook_dim=code_dim,
+        codebook_size=codebook_size,
+        heads=groups,
+        separate_codebook_per_head=True,
+        decay=ema_decay,
+        kmeans_init=kmeans_init,
+        threshold_ema_dead_code=dead_code_threshold,
+        commitment_weight=commitment_weight,
+        rotation_trick=False,
+    )
+
+
+class PartQuantizer(nn.Module):
+    """One codebook per part: vectors (B, S, P, d) -> codes (B, S, P), EMA VQ or FSQ.
+
+    In training mode the library quantizer sees only the real steps (so padding never enters
+    the EMA, k-means or dead-code statistics). In eval mode codes are the nearest codebook
+    entries, computed here, so the codebook is never touched; before the first training
+    forward (k-means init) every code vector is zero and all codes come out 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_parts: int,
+        code_dim: int,
+        codebook_size: int,
+        kind: str = "vq",
+        fsq_levels: Sequence[int] = (8, 8, 8),
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 1.0,
+        commitment_weight: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.num_parts, self.kind = num_parts, kind
+        if kind == "fsq":
+            self.fsq = FSQ(levels=list(fsq_levels), num_codebooks=num_parts)
+        else:
+            self.vq = build_vector_quantizer(
+                code_dim,
+                codebook_size,
+                num_parts,
+                ema_decay,
+                kmeans_init,
+                dead_code_threshold,
+                commitment_weight,
+            )
+
+    @property
+    def initialised(self) -> bool:
+        """False until k-means has run on the first training batch (FSQ: always True)."""
+        return self.kind == "fsq" or bool(self.vq._codebook.initted)
+
+    def codebook_vectors(self) -> Tensor:
+        """(P, K, d) code vectors."""
+        if self.kind == "fsq":
+            return self.fsq.implicit_codebook.expand(self.num_parts, -1, -1)
+        return self.vq.codebook
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """(B, S, P) codes (-1 = padding) -> (B, S, P, d) code vectors."""
+        return lookup_codes(codes, self.codebook_vectors())
+
+    def forward(self, latents: Tensor, step_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, S, P, d), (B, S) -> quantized (B, S, P, d), codes (B, S, P), loss ()."""
+        loss = latents.new_zeros(())
+        if self.kind == "fsq":
+            quantized, codes = self.fsq(rearrange(latents, "b s p d -> b s (p d)"))
+            quantized = rearrange(quantized, "b s (p d) -> b s p d", p=self.num_parts)
+        elif self.training:
+            real = rearrange(latents[step_mask], "n p d -> 1 n (p d)")  # real steps only
+            real_quantized, real_codes, loss = self.vq(real)
+            quantized = latents.new_zeros(latents.shape)
+            quantized[step_mask] = rearrange(real_quantized, "1 n (p d) -> n p d", p=self.num_parts)
+            codes = step_mask.new_zeros(step_mask.shape + (self.num_parts,), dtype=torch.long)
+            codes[step_mask] = real_codes.reshape(-1, self.num_parts).long()
+        else:
+            codes = nearest_codes(latents, self.codebook_vectors())
+            quantized = self.lookup(codes)
+        padding = ~step_mask[..., None]  # (B, S, 1)
+        return (
+            quantized.masked_fill(padding[..., None], 0.0),
+            codes.long().masked_fill(padding, -1),
+            loss,
+        )
+
+
+class GroupedLinear(nn.Module):
+    """A separate linear map per group (joint or part): (..., G, I) -> (..., G, O)."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        bound = in_features**-0.5
+        weight = torch.empty(groups, in_features, out_features).uniform_(-bound, bound)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(groups, out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.einsum("...gi,gio->...go", x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None, dropout: float):
+    """Multi-head attention: q (N, L, D) over k, v (N, M, D); ``mask`` broadcasts to
+    (N, heads, L, M), bool (True = attend) or an additive bias. -> (N, L, D)."""
+    q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=heads) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return rearrange(out, "n h l d -> n l (h d)")
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the middle axis of (N, L, D)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.to_out = zero_linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        dropout = self.dropout if self.training else 0.0
+        return self.to_out(attend(q, k, v, self.heads, mask, dropout))
+
+
+def zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear layer that starts at zero: a residual branch that is off until it learns,
+    which keeps early training from collapsing to the mean pose."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def feed_forward(dim: int, mlp_ratio: int, dropout: float) -> nn.Sequential:
+    """The pre-norm MLP branch of a residual block."""
+    return nn.Sequential(
+        nn.LayerNorm(dim),
+        nn.Linear(dim, mlp_ratio * dim),
+        nn.GELU(),
+        zero_linear(mlp_ratio * dim, dim),
+        nn.Dropout(dropout),
+    )
+
+
+def temporal_mask(step_mask: Tensor, window: int) -> Tensor:
+    """Which steps each step may attend to: real ones within ``window`` steps, and itself
+    (so a padded step never has nothing to attend to). (B, S) -> (B, S, S), or (1, S, S)
+    when nothing is padded (one mask for the whole batch)."""
+    position = torch.arange(step_mask.shape[1], device=step_mask.device)
+    near = (position[None, :] - position[:, None]).abs() <= window  # (S, S)
+    if step_mask.all():
+        return near[None]
+    itself = torch.eye(len(position), dtype=torch.bool, device=step_mask.device)
+    return near & (step_mask[:, None, :] | itself)
+
+
+class SpaceTimeLayer(nn.Module):
+    """Attention across the groups of a step (joints or parts), then across steps per group
+    (local, with a relative position bias; skipped when ``window`` is None), then an MLP.
+    (B, S, G, D) -> (B, S, G, D)."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: int, dropout: float, window: int | None
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.space_norm = nn.LayerNorm(dim)
+        self.space_attention = SelfAttention(dim, heads, dropout)
+        if window is not None:
+            self.time_norm = nn.LayerNorm(dim)
+            self.time_attention = SelfAttention(dim, heads, dropout)
+            self.relative_bias = nn.Parameter(torch.zeros(heads, 2 * window + 1))
+        self.mlp = feed_forward(dim, mlp_ratio, dropout)
+
+    def time_bias(self, allowed: Tensor, groups: int) -> Tensor:
+        """Allowed (B, S, S) -> additive attention bias (B * groups, heads, S, S); one for
+        the whole batch if allowed is (1, S, S)."""
+        position = torch.arange(allowed.shape[-1], device=allowed.device)
+        offset = (position[None, :] - position[:, None]).clamp(-self.window, self.window)
+        bias = self.relative_bias[:, offset + self.window]  # (heads, S, S)
+        bias = torch.where(allowed[:, None], bias, float("-inf"))  # (B or 1, heads, S, S)
+        return bias if len(bias) == 1 else repeat(bias, "b h i j -> (b g) h i j", g=groups)
+
+    def forward(self, x: Tensor, allowed: Tensor | None = None) -> Tensor:
+        batch, steps, groups, _ = x.shape
+        across_groups = rearrange(self.space_norm(x), "b s g d -> (b s) g d")
+        x = x + self.space_attention(across_groups).view(x.shape)
+        if self.window is not None:
+            across_time = rearrange(self.time_norm(x), "b s g d -> (b g) s d")
+            across_time = self.time_attention(across_time, self.time_bias(allowed, groups))
+            x = x + rearrange(across_time, "(b g) s d -> b s g d", b=batch)
+        return x + self.mlp(x)
+
+
+class QueryPooling(nn.Module):
+    """Learnable queries read a step's tokens by cross-attention, optionally each only some of
+    them (``mask`` (Q, N), True = may read). (B, S, N, token_dim) -> (B, S, Q, dim)."""
+
+    def __init__(
+        self,
+        num_queries: int,
+        dim: int,
+        token_dim: int,
+        heads: int,
+        mlp_ratio: int,
+        dropout: float,
+        mask: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.query_norm = nn.LayerNorm(dim)
+        self.token_norm = nn.LayerNorm(token_dim)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(token_dim, 2 * dim)
+        self.to_out = zero_linear(dim, dim)
+        self.mlp = feed_forward(dim, mlp_ratio, dropout)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        batch, steps, count, _ = tokens.shape
+        keys_values = rearrange(self.to_kv(self.token_norm(tokens)), "b s n e -> (b s) n e")
+        k, v = keys_values.chunk(2, dim=-1)  # (B * S, N, D) each
+        q = self.to_q(self.query_norm(self.queries)).expand(len(k), -1, -1)  # (B * S, Q, D)
+        dropout = self.dropout if self.training else 0.0
+        read = self.to_out(attend(q, k, v, self.heads, self.mask, dropout))  # (B * S, Q, D)
+        queries = self.queries + rearrange(read, "(b s) q d -> b s q d", b=batch)
+        return queries + self.mlp(queries)
+
+
+class PartTokenizer(nn.Module):
+    """The body-part tokenizer (see the module docstring). Keyword arguments only, all plain
+    types; ``self.config`` holds them with defaults filled, so ``type(m)(**m.config)``
+    rebuilds the model.
+
+    Args:
+        mode: "motion", "pose" or "continuous".
+        parts: part name -> joint indices (default ``SIX_PARTS``); every joint in some part.
+        dim: width of the part tokens; joint_dim: of the joint tokens; frame_dim: per joint
+            at frame rate (before patching).
+        encoder_depth: spatio-temporal layers over joints; decoder_depth: over parts; heads,
+            mlp_ratio: per layer.
+        attention_window: steps each side that temporal attention sees.
+        codebook_size, code_dim: per-part codebook (FSQ: ``prod(fsq_levels)`` codes of
+            ``len(fsq_levels)`` dims; ``codebook_size`` must equal the product).
+        downsample: frames per step (default 4; pose mode 1).
+        quantizer: "vq" (EMA, k-means init, dead-code replacement) or "fsq".
+        ema_decay, kmeans_init, commitment_weight: VQ settings; dead_code_threshold: a code
+            whose EMA usage (vectors per batch) falls below it is replaced by a batch vector.
+        llm_hidden_size, projector: continuous mode's projector ("linear" or "mlp").
+    """
+
+    feature_dim = FEATURE_DIM
+
+    def __init__(
+        self,
+        *,
+        mode: str = "motion",
+        parts: dict[str, list[int]] | None = None,
+        dim: int = 128,
+        joint_dim: int = 64,
+        frame_dim: int = 32,
+        encoder_depth: int = 2,
+        decoder_depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: int = 2,
+        attention_window: int = 8,
+        codebook_size: int = 512,
+        code_dim: int = 32,
+        downsample: int | None = None,
+        quantizer: str = "vq",
+        fsq_levels: list[int] | None = None,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 1.0,
+        commitment_weight: float = 0.02,
+        dropout: float = 0.0,
+        llm_hidden_size: int | None = None,
+        projector: str = "linear",
+    ) -> None:
+        super().__init__()
+        groups = validate_parts(SIX_PARTS if parts is None else parts)
+        downsample = (1 if mode == "pose" else 4) if downsample is None else downsample
+        fsq_levels = [8, 8, 8] if fsq_levels is None else [int(level) for level in fsq_levels]
+        _check_options(
+            mode,
+            dim,
+            joint_dim,
+            heads,
+            downsample,
+            quantizer,
+            fsq_levels,
+            codebook_size,
+            llm_hidden_size,
+            projector,
+        )
+        self.config = dict(
+            mode=mode,
+            parts={name: list(joints) for name, joints in groups.items()},
+            dim=dim,
+            joint_dim=joint_dim,
+            frame_dim=frame_dim,
+            encoder_depth=encoder_depth,
+            decoder_depth=decoder_depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            attention_window=attention_window,
+            codebook_size=codebook_size,
+            code_dim=code_dim,
+            downsample=downsample,
+            quantizer=quantizer,
+            fsq_levels=fsq_levels,
+            ema_decay=ema_decay,
+            kmeans_init=kmeans_init,
+            dead_code_threshold=dead_code_threshold,
+            commitment_weight=commitment_weight,
+            dropout=dropout,
+            llm_hidden_size=llm_hidden_size,
+            projector=projector,
+        )
+        self.mode = mode
+        self.part_names: tuple[str, ...] = tuple(groups)
+        self.temporal = mode != "pose"
+        window = attention_window if self.temporal else None
+        num_parts, joints = len(groups), NUM_JOINTS
+        self.code_dim = len(fsq_levels) if quantizer == "fsq" and mode != "continuous" else code_dim
+
+        # Per-joint slots of the 263 layout (pose mode: the pose features only).
+        layout = POSE_FEATURE_INDICES if mode == "pose" else JOINT_FEATURE_INDICES
+        width = max(len(indices) for indices in layout)
+        gather = [list(indices) + [FEATURE_DIM] * (width - len(indices)) for indices in layout]
+        slots = [j * width + k for j, indices in enumerate(layout) for k in range(len(indices))]
+        self.register_buffer("gather_index", torch.tensor(gather), persistent=False)  # (J, F)
+        self.register_buffer("slot_index", torch.tensor(slots), persistent=False)  # (N,)
+        feature_index = torch.tensor([i for indices in layout for i in indices])
+        self.register_buffer("feature_index", feature_index, persistent=False)  # (N,)
+        group_mask = torch.zeros(num_parts, joints, dtype=torch.bool)
+        for part, members in enumerate(groups.values()):
+            group_mask[part, list(members)] = True
+
+        # Encoder.
+        self.joint_embed = GroupedLinear(joints, width, frame_dim)
+        self.frame_encoder = (
+            nn.Conv1d(frame_dim, frame_dim, 3, padding=1) if self.temporal else None
+        )
+        self.patch_embed = nn.Linear(downsample * frame_dim, joint_dim)
+        self.joint_embedding = nn.Parameter(torch.randn(joints, joint_dim) * 0.02)
+        self.encoder = nn.ModuleList(
+            SpaceTimeLayer(joint_dim, heads, mlp_ratio, dropout, window)
+            for _ in range(encoder_depth)
+        )
+        self.part_pooling = QueryPooling(
+            num_parts, dim, joint_dim, heads, mlp_ratio, dropout, group_mask
+        )
+        self.to_code = nn.Sequential(
+            nn.LayerNorm(dim), GroupedLinear(num_parts, dim, self.code_dim)
+        )
+
+        self.quantizer = None
+        if mode != "continuous":
+            self.quantizer = PartQuantizer(
+                num_parts=num_parts,
+                code_dim=self.code_dim,
+                codebook_size=codebook_size,
+                kind=quantizer,
+                fsq_levels=fsq_levels,
+                ema_decay=ema_decay,
+                kmeans_init=kmeans_init,
+                dead_code_threshold=dead_code_threshold,
+                commitment_weight=commitment_weight,
+            )
+
+        # Decoder.
+        self.from_code = GroupedLinear(num_parts, self.code_dim, dim, bias=False)
+        self.part_embedding = nn.Parameter(torch.randn(num_parts, dim) * 0.02)
+        self.decoder = nn.ModuleList(
+            SpaceTimeLayer(dim, heads, mlp_ratio, dropout, window) for _ in range(decoder_depth)
+        )
+        self.joint_readout = QueryPooling(joints, joint_dim, dim, heads, mlp_ratio, dropout)
+        self.unpatch = nn.Sequential(
+            nn.LayerNorm(joint_dim), nn.Linear(joint_dim, downsample * frame_dim)
+        )
+        self.frame_decoder = (
+            nn.Conv1d(frame_dim, frame_dim, 3, padding=1) if self.temporal else None
+        )
+        self.joint_head = GroupedLinear(joints, frame_dim, width)
+
+        self.projector = None
+        if llm_hidden_size is not None:
+            self.projector = _build_projector(projector, self.code_dim, llm_hidden_size)
+
+    # --- what the codes are ----------------------------------------------------------------
+    @property
+    def frames_per_step(self) -> int:
+        return self.config["downsample"]
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.part_names)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quantizer is not None
+
+    @property
+    def codebook_size(self) -> int | None:
+        return self.config["codebook_size"] if self.is_quantized else None
+
+    @property
+    def codebook_initialised(self) -> bool:
+        """False before the first training forward has k-means-initialised the codebooks."""
+        return self.quantizer is None or self.quantizer.initialised
+
+    @property
+    def input_feature_indices(self) -> tuple[int, ...]:
+        """The dims of the 263 the model reads and reconstructs (pose mode: the pose ones)."""
+        return tuple(sorted(self.feature_index.tolist()))
+
+    def codebook_vectors(self) -> Tensor:
+        """(P, K, code_dim) code vectors of each part."""
+        if self.quantizer is None:
+            raise ValueError("a continuous PartTokenizer has no codebook")
+        return self.quantizer.codebook_vectors()
+
+    # --- the model ------------------------------------------------------------------------
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> ModelOutput:
+        """Normalised features (B, T, 263) and mask (B, T) (True = real frame)."""
+        mask = check_batch(features, mask, self.frames_per_step)
+        step_mask = step_mask_from(mask, self.frames_per_step)  # (B, S)
+        latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)
+        if self.quantizer is None:
+            vectors, codes, aux_loss = latents, None, latents.new_zeros(())
+        else:
+            vectors, codes, aux_loss = self.quantizer(latents, step_mask)
+        reconstruction = self._decode_vectors(vectors, step_mask)
+        return ModelOutput(reconstruction, codes, aux_loss, latents)
+
+    @torch.no_grad()
+    def encode(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T, 263) -> codes (B, S, P) long, -1 at padded steps (continuous: the part
+        features (B, S, P, d), zero at padded steps). Runs in eval mode, never touches the
+        codebooks; before k-means initialisation all codes are 0."""
+        with evaluating(self):
+            mask = check_batch(features, mask, self.frames_per_step)
+            step_mask = step_mask_from(mask, self.frames_per_step)
+            latents = self._encode_latents(features, mask, step_mask)
+            if self.quantizer is None:
+                return latents
+            return self.quantizer(latents, step_mask)[1]
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Codes (B, S, P) (continuous: part features (B, S, P, d)) and an optional frame mask
+        (B, S * frames_per_step) -> normalised features (B, S * frames_per_step, 263). Without
+        a mask, steps whose codes are -1 are padding."""
+        with evaluating(self):
+            if self.quantizer is None:
+                _check_shape(codes, (self.num_parts, self.code_dim), "part features")
+                vectors = codes
+            else:
+                check_codes(codes, self.num_parts, self.codebook_size)
+                vectors = self.quantizer.lookup(codes)
+            step_mask = decode_step_mask(codes, mask, self.frames_per_step, self.is_quantized)
+            return self._decode_vectors(vectors, step_mask)
+
+    def project(self, latents: Tensor) -> Tensor:
+        """Part features (B, S, P, d) -> (B, S, P, llm_hidden_size) through the projector."""
+        if self.projector is None:
+            raise ValueError("no projector: set llm_hidden_size (continuous mode)")
+        return self.projector(latents)
+
+    def _temporal_mask(self, step_mask: Tensor) -> Tensor | None:
+        if not self.temporal:
+            return None
+        return temporal_mask(step_mask, self.config["attention_window"])
+
+    def _encode_latents(self, features: Tensor, mask: Tensor, step_mask: Tensor) -> Tensor:
+        frame_mask = mask[..., None, None].to(features.dtype)  # (B, T, 1, 1)
+        joint_features = F.pad(features, (0, 1))[..., self.gather_index]  # (B, T, J, F)
+        hidden = self.joint_embed(joint_features) * frame_mask  # (B, T, J, C)
+        if self.frame_encoder is not None:
+            hidden = hidden + _conv_frames(self.frame_encoder, F.gelu(hidden)) * frame_mask
+        patches = rearrange(hidden, "b (s r) j c -> b s j (r c)", r=self.frames_per_step)
+        tokens = self.patch_embed(patches) + self.joint_embedding  # (B, S, J, D)
+        allowed = self._temporal_mask(step_mask)
+        for layer in self.encoder:
+            tokens = layer(tokens, allowed)
+        latents = self.to_code(self.part_pooling(tokens))  # (B, S, P, D) -> (B, S, P, d)
+        return latents.masked_fill(~step_mask[..., None, None], 0.0)
+
+    def _decode_vectors(self, vectors: Tensor, step_mask: Tensor) -> Tensor:
+        tokens = self.from_code(vectors) + self.part_embedding  # (B, S, P, D)
+        allowed = self._temporal_mask(step_mask)
+        for layer in self.decoder:
+            tokens = layer(tokens, allowed)
+        joints = self.joint_readout(tokens)  # (B, S, J, D)
+        hidden = rearrange(
+            self.unpatch(joints), "b s j (r c) -> b (s r) j c", r=self.frames_per_step
+        )  # (B, T, J, C)
+        mask = repeat(step_mask, "b s -> b (s r)", r=self.frames_per_step)  # (B, T)
+        frame_mask = mask[..., None, None].to(hidden.dtype)
+        hidden = hidden * frame_mask
+        if self.frame_decoder is not None:
+            hidden = hidden + _conv_frames(self.frame_decoder, F.gelu(hidden)) * frame_mask
+        per_joint = self.joint_head(hidden)  # (B, T, J, F)
+        values = per_joint.flatten(-2)[..., self.slot_index]  # (B, T, N)
+        batch, frames = mask.shape
+        out = values.new_zeros(batch, frames, FEATURE_DIM).index_copy(
+            -1, self.feature_index, values
+        )
+        return out * mask[..., None]
+
+
+def _conv_frames(conv: nn.Conv1d, hidden: Tensor) -> Tensor:
+    """A 1D conv over time, the same for every joint: (B, T, J, C) -> (B, T, J, C)."""
+    batch = hidden.shape[0]
+    out = conv(rearrange(hidden, "b t j c -> (b j) c t"))
+    return rearrange(out, "(b j) c t -> b t j c", b=batch)
+
+
+def _check_options(
+    mode: str,
+    dim: int,
+    joint_dim: int,
+    heads: int,
+    downsample: int,
+    quantizer: str,
+    fsq_levels: list[int],
+    codebook_size: int,
+    llm_hidden_size: int | None,
+    projector: str,
+) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if dim % heads or joint_dim % heads:
+        raise ValueError(f"dim {dim} and joint_dim {joint_dim} must be divisible by heads {heads}")
+    if downsample < 1 or (mode == "pose" and downsample != 1):
+        raise ValueError(f"downsample must be >= 1 (and 1 in pose mode), got {downsample}")
+    if quantizer not in ("vq", "fsq"):
+        raise ValueError(f"quantizer must be 'vq' or 'fsq', got {quantizer!r}")
+    if quantizer == "fsq" and mode != "continuous" and math.prod(fsq_levels) != codebook_size:
+        raise ValueError(
+            f"FSQ levels {fsq_levels} give {math.prod(fsq_levels)} codes; set codebook_size to "
+            "that number"
+        )
+    if llm_hidden_size is not None and mode != "continuous":
+        raise ValueError("llm_hidden_size (a projector) is for mode 'continuous'")
+    if projector not in ("linear", "mlp"):
+        raise ValueError(f"projector must be 'linear' or 'mlp', got {projector!r}")
+
+
+def _build_projector(kind: str, code_dim: int, hidden_size: int) -> nn.Module:
+    """Part features -> an LLM's hidden size: one linear map, or Linear-GELU-Linear."""
+    if kind == "linear":
+        return nn.Linear(code_dim, hidden_size)
+    return nn.Sequential(
+        nn.Linear(code_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+    )
+
+
+def _check_shape(tensor: Tensor, trailing: tuple[int, ...], what: str) -> None:
+    if tensor.ndim != 2 + len(trailing) or tuple(tensor.shape[2:]) != trailing:
+        expected = ", ".join(["batch", "steps", *map(str, trailing)])
+        raise FeatureError(f"expected {what} ({expected}), got {tuple(tensor.shape)}")
+
+
+def check_codes(codes: Tensor, groups: int, codebook_size: int) -> None:
+    """Codes (B, S, groups), integers in [-1, codebook_size) (-1 = padding or dropped)."""
+    _check_shape(codes, (groups,), "codes")
+    if codes.is_floating_point() or codes.is_complex():
+        raise FeatureError(f"codes must be integers, got {codes.dtype}")
+    if codes.numel() and (codes.min() < -1 or codes.max() >= codebook_size):
+        raise FeatureError(f"codes must lie in [0, {codebook_size}) (-1 marks padding)")
+
+
+def decode_step_mask(
+    codes: Tensor, mask: Tensor | None, frames_per_step: int, quantized: bool
+) -> Tensor:
+    """The (B, S) step mask for decoding: from the frame mask, else from the codes."""
+    batch, steps = codes.shape[:2]
+    if mask is None:
+        if quantized:
+            return codes[..., 0] >= 0
+        return torch.ones(batch, steps, dtype=torch.bool, device=codes.device)
+    if mask.shape != (batch, steps * frames_per_step):
+        raise FeatureError(
+            f"mask {tuple(mask.shape)} does not match {steps} steps of {frames_per_step} frames"
+        )
+    return step_mask_from(mask.bool(), frames_per_step)
