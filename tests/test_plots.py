@@ -70,7 +70,8 @@ def test_codebook_usage(tokenizer: Tokenizer, clips, tmp_path: Path) -> None:
     pixels = png_pixels(path)
     assert ink(pixels) > 0.05
     with pytest.raises(InputError, match="outside a codebook of 4"):
-        plot_codebook_usage(codes, 4, tokenizer.parts, tmp_path / "bad.png")
+        out_of_range = [np.full((3, len(tokenizer.parts)), 7)]
+        plot_codebook_usage(out_of_range, 4, tokenizer.parts, tmp_path / "bad.png")
     with pytest.raises(InputError, match="no codes"):
         plot_codebook_usage([], 16, tokenizer.parts, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
