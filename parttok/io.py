@@ -118,3 +118,36 @@ __all__ = [
     "extract_once",
     "FeatureError",
 ]
+
+
+def replace_markdown_section(path: str | os.PathLike, section: str) -> None:
+    """Put ``section`` (text starting with its ``## `` heading) into a markdown file in place
+    of the section with the same heading (up to the next ``## ``), or append it; atomic."""
+    path = Path(path)
+    heading = section.splitlines()[0].rstrip()
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    section = section.rstrip("\n") + "\n"
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
+        rest = "" if end is None else "\n" + "".join(lines[end:])
+        text = "".join(lines[:start]) + section + rest
+    write_text(path, text)
+
+
+def machine_description() -> str:
+    """Cores, CPU model, OS and Python of this machine, for benchmark records."""
+    import platform
+
+    model = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {platform.system()}, Python {platform.python_version()}"
+    )

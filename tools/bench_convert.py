@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import re
 import resource
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parttok.io import extract_once
+from parttok.io import extract_once, machine_description, replace_markdown_section
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = (
@@ -46,17 +45,6 @@ def source_frames(path: Path) -> int:
 def output_frames(out: Path) -> int:
     """Feature rows written: the sum of the first dimension of every new_joint_vecs file."""
     return sum(len(np.load(p, mmap_mode="r")) for p in (out / "new_joint_vecs").glob("*.npy"))
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        model = found[1].strip() if found else model
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {platform.system()}, Python {platform.python_version()}"
-    )
 
 
 def run(files: list[Path], source: Path, jobs: int, out: Path) -> dict:
@@ -108,17 +96,11 @@ def update_benchmarks(path: Path, result: dict, command: str) -> None:
         "load average when it started (other jobs sharing the CPUs inflate the wall time, "
         "not the CPU time).\n\n"
         f"- command: {command}\n"
-        f"- machine: {machine()}\n"
+        f"- machine: {machine_description()}\n"
         f"- date: {datetime.date.today().isoformat()}\n\n"
         f"{HEADER}{table_row(result)}\n"
     )
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(r"^## convert\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    replace_markdown_section(path, section)
 
 
 def main() -> int:

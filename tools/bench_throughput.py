@@ -19,8 +19,6 @@ import argparse
 import datetime
 import multiprocessing
 import os
-import platform
-import re
 import resource
 import sys
 import time
@@ -28,6 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from parttok.io import machine_description, replace_markdown_section
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## encode/decode throughput"
@@ -132,18 +132,6 @@ def describe(tokenizer) -> str:
     return f"{name} (T2M-GPT size, random weights)"
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        model = found[1].strip() if found else model
-    return (
-        f"{os.cpu_count()} CPUs ({model}), torch limited to {THREADS} threads, "
-        f"{platform.system()}, Python {platform.python_version()}"
-    )
-
-
 def table_row(result: dict) -> str:
     rates = " | ".join(
         f"{result[name]:,.0f}" for name in ("encode_1", "encode_b", "decode_1", "decode_b")
@@ -153,17 +141,6 @@ def table_row(result: dict) -> str:
         f"| {result['name']} | {result['parameters'] / 1e6:.2f} M | "
         f"{result['bits_per_second']:.0f} | {rates} | {cpu} | {result['peak_mb']:.0f} |"
     )
-
-
-def update_benchmarks(path: Path, section: str) -> None:
-    """Replace (or add) this tool's section of BENCHMARKS.md, leaving the others alone."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
 
 
 def _shown(source: str) -> str:
@@ -220,14 +197,14 @@ def main() -> int:
         "T2M-GPT VQ-VAE (`parttok.baselines.ConvVQ` at its default size) with random "
         "weights, measured in the same run.\n\n"
         f"- command: `{command}`\n"
-        f"- machine: {machine()}\n"
+        f"- machine: {machine_description()}\n"
         f"- date: {datetime.date.today().isoformat()} (load average {load:.1f} at the start: "
         "other processes shared the cores)\n\n"
         f"{table}"
     )
     print(table)
     if not args.no_write:
-        update_benchmarks(args.benchmarks, section)
+        replace_markdown_section(args.benchmarks, section)
         print(f"updated {args.benchmarks}")
     return 0
 

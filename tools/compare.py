@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 
 from parttok.data import HumanML3DFolder
 from parttok.evaluation import evaluate_clips
-from parttok.io import write_text
+from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,17 +113,12 @@ def evaluate_runs(names: list[str], out: Path, sets: dict) -> dict:
 
 
 def markdown(results: dict, minutes: float, threads: int, parallel: int, sets: dict) -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
     lines = [
         "## Tokenizers side by side",
         "",
         f"Command: `python tools/compare.py --minutes {minutes:g} --threads {threads} "
         f"--parallel {parallel}` (after `python tools/prepare_data.py`).",
-        f"Machine: {os.cpu_count()} cores ({cpu}), no GPU, torch {torch.__version__}; "
+        f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
         f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
         "CMU train splits without any 'run' clip.",
@@ -157,23 +151,6 @@ def markdown(results: dict, minutes: float, threads: int, parallel: int, sets: d
     return "\n".join(lines) + "\n"
 
 
-def update_section(path: Path, section: str) -> None:
-    """Replace (or append) the section whose heading starts ``section`` in a markdown file."""
-    heading = section.splitlines()[0]
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "")
-        text += "".join(lines[end:])
-    write_text(path, text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=12)
@@ -194,7 +171,7 @@ def main() -> int:
     results = evaluate_runs(args.models, args.out, sets)
     write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
     section = markdown(results, args.minutes, args.threads, args.parallel, sets)
-    update_section(args.benchmarks, section)
+    replace_markdown_section(args.benchmarks, section)
     print(section)
     return 0
 

@@ -26,7 +26,7 @@ import torch
 
 from parttok.data import HumanML3DFolder
 from parttok.evaluation import evaluate_clips
-from parttok.io import write_text
+from parttok.io import machine_description, write_text
 from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, WEIGHTS_FILE, Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,15 +153,11 @@ def main() -> int:
             print(f"not released: {score(results):.1f} mm vs shipped {score(previous):.1f} mm")
             return 1
     config = json.loads((args.run / "tokenizer" / CONFIG_FILE).read_text())
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), "a CPU",
-    )  # fmt: skip
     training = {
         "minutes": args.minutes,
         "seconds": seconds if seconds is not None else args.minutes * 60,
         "steps": config["training"].get("global_step"),
-        "machine": f"{os.cpu_count()} CPU cores ({cpu}), no GPU",
+        "machine": f"{machine_description()}, no GPU",
         "date": datetime.date.today().isoformat(),
         "run": args.run.relative_to(REPO) if args.run.is_relative_to(REPO) else args.run,
     }
