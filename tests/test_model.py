@@ -293,15 +293,21 @@ def test_bad_inputs_raise_feature_errors(windows):
 
 
 @pytest.mark.parametrize(
-    ("name", "factor"),
-    [("six_parts", 6.0), ("conv_vq", 12.0), ("residual_vq", 30.0)],
+    ("make", "factor"),
+    [
+        (lambda: PartTokenizer(**{**SMALL, "codebook_size": 16}), 7.0),
+        (lambda: ConvVQ(**{**SMALL_CONV, "codebook_size": 16}), 30.0),
+        (lambda: ResidualConvVQ(**{**SMALL_CONV, "codebook_size": 16}), 30.0),
+    ],
+    ids=["six_parts", "conv_vq", "residual_vq"],
 )
-def test_overfits_one_real_clip(name, factor, clips):
-    """150 Adam steps on one real 64-frame window cut the feature error of the codes by a
-    large factor (measured with these tiny sizes: 11.7, 24.5 and 78; asserted with margin)."""
+def test_overfits_one_real_clip(make, factor, clips):
+    """150 Adam steps on one real 64-frame window (16 steps: 16 codes per codebook) cut the
+    feature error of the codes by a large factor (measured with these tiny sizes: 13, 63 and
+    60; asserted with about half that margin)."""
     torch.manual_seed(0)
     target = clips[1][64:128][None]  # (1, 64, 263), a kick
-    model = MODELS[name]().train()
+    model = make().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     initial = None
     for _ in range(150):

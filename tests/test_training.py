@@ -73,7 +73,7 @@ def test_fast_dev_run_trains_and_exports_a_loadable_tokenizer(converted, tmp_pat
     ],
 )
 def test_every_config_trains_in_the_same_harness(converted, tmp_path, overrides, parts):
-    small = ["--model.model.init_args.dim", "32"] if "t2mgpt" not in overrides[1] else []
+    small = ["--model.model.init_args.dim", "32", "--model.model.init_args.joint_dim", "16"]
     if "t2mgpt" in overrides[1] or "rvq" in overrides[1]:
         small = ["--model.model.init_args.width", "32", "--model.model.init_args.code_dim", "16"]
     status = train(converted, tmp_path, *overrides, *small, "--trainer.fast_dev_run", "true")
