@@ -126,7 +126,8 @@ def markdown(results: dict, minutes: float, threads: int, parallel: int, sets: d
         f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
         "splits (an action never trained on), all CMU clips on the Character Creator rig, and "
         "the HumanML3D reference clips. MPJPE is pelvis-aligned, every frame of every clip "
-        "counted once.",
+        "counted once. Steps: the optimiser steps a run completed in its budget (a slower model, "
+        "or one sharing the cores with other work, completes fewer).",
         "",
         "| tokenizer | bits/s | params | steps | MPJPE in-dist (mm) | PA-MPJPE in-dist | "
         "MPJPE unseen (mm) | PA-MPJPE unseen | codebook usage (mean over parts) |",

@@ -88,7 +88,7 @@ def main() -> int:
     codes = load_tokens(tokens / f"{first.stem}.ptok", expect_identity=tokenizer.identity).codes
     plot_token_timeline(
         np.asarray(codes), list(tokenizer.parts), out / "token_timeline.png",
-        tokenizer.frames_per_step, tokenizer.fps,
+        tokenizer.frames_per_step, tokenizer.fps, tokenizer.codebook_size,
     )  # fmt: skip
     step("vocab", ["vocab", "--out", str(out / "vocab"), *checkpoint])
     step("instruct", ["instruct", str(converted), "--out", str(out / "instruct.jsonl"),
