@@ -351,7 +351,9 @@ def text_to_codes(text: str, vocab: Vocabulary | None = None, repair: bool = Tru
 
     Anything else raises ``TokenParseError``: no codes, an incomplete or duplicated step
     elsewhere, more than one motion, a pose of more than one step. Codes are never guessed:
-    the result is always a run of steps written in the text.
+    the result is always a run of steps written in the text. (With one part, as a
+    single-codebook model has, every token is a whole step: a lost or repeated token cannot
+    be told from a real one.)
     """
     vocab = vocab or default_vocabulary()
     if not isinstance(text, str):

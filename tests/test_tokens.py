@@ -438,7 +438,12 @@ def test_vocab_command_bad_inputs_exit_2(checkpoints, tmp_path, capsys):
         ["--checkpoint", str(checkpoints["motion"]), "--tokenizer", str(tmp_path / "nothing")],
         ["--checkpoint", str(checkpoints["motion"]), "--model", str(tmp_path)],
     ]
+    (tmp_path / "not_hf").mkdir()
+    cases.append(
+        ["--checkpoint", str(checkpoints["motion"]), "--tokenizer", str(tmp_path / "not_hf")]
+    )
     for arguments in cases:
         assert main(["vocab", "--out", str(tmp_path / "out"), *arguments]) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("parttok vocab: error:") and "\n" not in error
+    assert not (tmp_path / "out").exists()  # nothing written when an input is bad

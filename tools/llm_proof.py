@@ -30,17 +30,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from parttok.errors import ParttokError, TokenParseError  # noqa: E402
-from parttok.features import features_to_joints  # noqa: E402
-from parttok.instruct import InstructSettings, build_conversations, summary  # noqa: E402
-from parttok.io import cache_dir, extract_once, save_npy, write_text  # noqa: E402
-from parttok.tokenizer import Tokenizer  # noqa: E402
-from parttok.tokens import Vocabulary, add_motion_tokens, text_to_codes  # noqa: E402
+from parttok.errors import ParttokError, TokenParseError
+from parttok.features import features_to_joints
+from parttok.instruct import InstructSettings, build_conversations, summary
+from parttok.io import cache_dir, extract_once, save_npy, write_text
+from parttok.tokenizer import Tokenizer
+from parttok.tokens import Vocabulary, add_motion_tokens, text_to_codes
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PARTTOK_DATA", REPO.parent / "shared" / "data"))
@@ -136,6 +134,7 @@ def strip_motion(text: str) -> str:
 def text_tokenizer(texts: list[str], vocab_size: int = 600):
     """A byte-level BPE trained on ``texts`` (motion tokens removed), as a transformers
     tokenizer with ``<|endoftext|>`` as end, padding and start token."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tokenizers import Tokenizer as RustTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -362,6 +361,7 @@ def generation_prompts(train: list[dict], heldout: list[dict], count: int):
 
 def run_proof(config: ProofConfig) -> dict:
     """The whole proof; returns the figures (also written to ``<out>/llm_proof.json``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if config.threads:

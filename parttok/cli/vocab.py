@@ -55,15 +55,13 @@ def run(args: argparse.Namespace) -> int:
     pairs = [(Tokenizer.from_pretrained(args.checkpoint), "vocab.json")]
     if args.pose_checkpoint:
         pairs.append((Tokenizer.from_pretrained(args.pose_checkpoint), "pose_vocab.json"))
-    vocabularies = []
-    for tokenizer, name in pairs:
-        vocab = Vocabulary.from_tokenizer(tokenizer, args.naming)
+    vocabularies = [Vocabulary.from_tokenizer(tokenizer, args.naming) for tokenizer, _ in pairs]
+    hf_tokenizer, model = _load_hf(args.tokenizer, args.model) if args.tokenizer else (None, None)
+    for (_, name), vocab in zip(pairs, vocabularies, strict=True):
         vocab.save(out / name)
-        vocabularies.append(vocab)
         print(f"{out / name}: {len(vocab)} tokens ({vocab.mode}, {vocab.naming} naming)")
-    if not args.tokenizer:
+    if hf_tokenizer is None:
         return 0
-    hf_tokenizer, model = _load_hf(args.tokenizer, args.model)
     before = len(hf_tokenizer)
     for (tokenizer, _), vocab in zip(pairs, vocabularies, strict=True):
         add_motion_tokens(model, hf_tokenizer, vocab, tokenizer, init=args.init)
@@ -85,14 +83,15 @@ def _load_hf(tokenizer_dir: str, model_dir: str | None):
     for folder in filter(None, (tokenizer_dir, model_dir)):
         if not Path(folder).is_dir():
             raise InputError(f"{folder}: no such folder")
-    try:
-        hf_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        model = (
-            AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-            if model_dir
-            else None
-        )
-    except (OSError, ValueError, KeyError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"cannot load the Hugging Face folder: {message}") from None
+    hf_tokenizer = _loaded(AutoTokenizer, tokenizer_dir, "tokenizer")
+    model = _loaded(AutoModelForCausalLM, model_dir, "causal language model") if model_dir else None
     return hf_tokenizer, model
+
+
+def _loaded(auto_class, folder: str, what: str):
+    try:
+        return auto_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        lines = str(error).strip().splitlines()
+        reason = lines[0].rstrip(": ") if lines else type(error).__name__
+        raise InputError(f"{folder}: not a Hugging Face {what} folder ({reason})") from None
