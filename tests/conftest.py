@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,13 @@ def iclone_dir(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def cmu_dir(data_dir: Path) -> Path:
     return data_dir / "cmu"
+
+
+def llm_proof_tool():
+    """tools/llm_proof.py as a module (tools/ is not a package)."""
+    if "llm_proof" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("llm_proof", REPO / "tools" / "llm_proof.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["llm_proof"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules["llm_proof"]

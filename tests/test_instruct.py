@@ -3,15 +3,14 @@ determinism, the ``parttok instruct`` command and its errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import llm_proof_tool
 
 from parttok.cli import main
 from parttok.data import convert_sources, read_captions
@@ -35,18 +34,10 @@ from parttok.tokens import Vocabulary, text_to_codes
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory, data_dir) -> dict:
     """Small random motion and pose tokenizers, and where they are saved."""
-    proof = load_tool("llm_proof")
+    proof = llm_proof_tool()
     folder = tmp_path_factory.mktemp("checkpoints")
     motion, pose = proof.random_tokenizer("motion"), proof.random_tokenizer("pose", seed=1)
     motion.save_pretrained(folder / "motion")

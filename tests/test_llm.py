@@ -4,11 +4,8 @@ outputs, and a short run of tools/llm_proof.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import llm_proof_tool
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -33,7 +31,6 @@ from parttok.tokens import (  # noqa: E402
     text_to_codes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [
     "a man kicks something with his left leg.",
     "a person walks forward and turns left.",
@@ -42,17 +39,9 @@ SENTENCES = [
 ]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def proof(data_dir):
-    return load_tool("llm_proof")
+    return llm_proof_tool()
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import llm_proof_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,6 @@ from parttok.tokens import (
     text_to_codes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SIX = default_vocabulary()
 VOCABULARIES = {
     "parttok": SIX,
@@ -35,18 +33,10 @@ VOCABULARIES = {
 }
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     """Small random motion and pose tokenizers saved as checkpoints."""
-    proof = load_tool("llm_proof")
+    proof = llm_proof_tool()
     folder = tmp_path_factory.mktemp("checkpoints")
     proof.random_tokenizer("motion").save_pretrained(folder / "motion")
     proof.random_tokenizer("pose", seed=1).save_pretrained(folder / "pose")
