@@ -43,12 +43,16 @@ _EXPORTS = {
     "TokenParseError": "parttok.errors",
 }
 
+_SUBMODULES = {"tokens", "instruct", "render", "plots", "metrics", "evaluation", "tokenfile"}
+
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:  # parttok.tokens, parttok.render, ... without importing them first
+        return importlib.import_module(f"parttok.{name}")
     raise AttributeError(f"module 'parttok' has no attribute {name!r}")
 
 

@@ -62,7 +62,7 @@ def train_all(names: list[str], out: Path, minutes: float, threads: int, paralle
                 "--trainer.default_root_dir", str(out / name),
                 "--trainer.enable_progress_bar", "false",
                 "--data.data_dirs", "[data/bandai, data/cmu]",
-                "--data.exclude", f"[{HELD_OUT}]",
+                "--data.exclude", f"[{HELD_OUT}]", "--data.mirror", "false",
             ]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
