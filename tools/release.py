@@ -96,7 +96,8 @@ unpickled.
 ## Training
 - Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research Motion
   Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the Character Creator
-  rig (61), converted with `parttok convert` (`python tools/prepare_data.py`).
+  rig (61), converted with `parttok convert` (`python tools/prepare_data.py`); the CMU folders
+  are listed three times in configs/cpu.yaml (oversampled) and windows are mirrored left/right.
 - Reproduce: `python tools/prepare_data.py && python tools/release.py --train --minutes
   {training["minutes"]:g}` (which runs `parttok train --config configs/cpu.yaml`).
 - Compute: {training["seconds"] / 60:.0f} minutes on {training["machine"]}, {training["steps"]}
