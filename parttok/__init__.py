@@ -33,6 +33,8 @@ _EXPORTS = {
     "ResidualConvVQ": "parttok.baselines",
     "HumanML3DFolder": "parttok.data",
     "MotionDataModule": "parttok.data",
+    "compose_codes": "parttok.composition",
+    "composition_errors": "parttok.composition",
     "ParttokError": "parttok.errors",
     "InputError": "parttok.errors",
     "BVHError": "parttok.errors",
@@ -43,7 +45,16 @@ _EXPORTS = {
     "TokenParseError": "parttok.errors",
 }
 
-_SUBMODULES = {"tokens", "instruct", "render", "plots", "metrics", "evaluation", "tokenfile"}
+_SUBMODULES = {
+    "composition",
+    "tokens",
+    "instruct",
+    "render",
+    "plots",
+    "metrics",
+    "evaluation",
+    "tokenfile",
+}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

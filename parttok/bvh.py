@@ -23,7 +23,14 @@ from parttok.features import FPS, check_joints, normalize_joints
 from parttok.io import atomic_path
 from parttok.rigs import detect_up, select_rig, to_y_up
 from parttok.rotations import axis_angle_matrix, euler_to_matrix, matrix_to_euler
-from parttok.skeleton import JOINT_NAMES, PARENTS, TARGET_BONE_LENGTHS, bone_lengths
+from parttok.skeleton import (
+    JOINT_NAMES,
+    PARENTS,
+    TARGET_BONE_LENGTHS,
+    bone_lengths,
+    conform_rigid_groups,
+    unit_vectors,
+)
 
 _AXES = "XYZ"
 _CHANNEL_NAMES = {
@@ -390,8 +397,10 @@ def load_bvh(path: str | os.PathLike, rig: str | os.PathLike = "auto") -> Motion
 
     ``rig``: "auto" (detected from the joint names), a preset name or a YAML mapping file
     (see parttok.rigs). Steps: parse, forward kinematics, map onto SMPL joints, rotate to
-    Y up (the rig's axis or detected), scale to metres from the leg length, drop an added
-    rest pose in frame 0 (detected), resample to 20 fps, then ``normalize_joints``.
+    Y up (the rig's axis or detected), scale to metres from the leg length, give the pelvis
+    and spine3 groups SMPL's shape (``conform_rigid_groups``, unless the rig says
+    ``conform: false``), drop an added rest pose in frame 0 (detected), resample to 20 fps,
+    then ``normalize_joints``.
     """
     bvh = read_bvh(path)
     if bvh.num_frames == 0:
@@ -403,6 +412,8 @@ def load_bvh(path: str | os.PathLike, rig: str | os.PathLike = "auto") -> Motion
     joints = to_y_up(joints, up)
     scale = _metres_per_unit(joints, path)
     joints = joints * scale
+    if chosen.conform:
+        joints = conform_rigid_groups(joints)
     dropped = _has_added_first_pose(joints)
     if dropped:
         joints = joints[1:]
@@ -582,27 +593,23 @@ def _global_rotations(positions: np.ndarray) -> np.ndarray:
         if swinging:
             parent_rotation = rotation[:, [PARENTS[j] for j in swinging]]  # (T, n, 3, 3)
             direction = positions[:, [child_of[j] for j in swinging]] - positions[:, swinging]
-            local_direction = np.einsum("tnba,tnb->tna", parent_rotation, _unit(direction))
+            local_direction = np.einsum("tnba,tnb->tna", parent_rotation, unit_vectors(direction))
             rest = np.array([_CHILD_REST[j] for j in swinging])  # (n, 3)
             rotation[:, swinging] = parent_rotation @ _swing(rest, local_direction)
         rotation[:, leaves] = rotation[:, [PARENTS[j] for j in leaves]]
     return rotation
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def _frame(up: np.ndarray, across: np.ndarray) -> np.ndarray:
     """(T, 3) up and left-minus-right vectors -> (T, 3, 3) rotations with columns
     (left, up, forward); degenerate inputs fall back to the world axes."""
-    y = _unit(up)
+    y = unit_vectors(up)
     y[np.linalg.norm(up, axis=-1) < 1e-9] = (0.0, 1.0, 0.0)
     x = across - (across * y).sum(-1, keepdims=True) * y
     flat = np.linalg.norm(x, axis=-1) < 1e-9
     helper = np.where(np.abs(y[flat, :1]) < 0.9, (1.0, 0.0, 0.0), (0.0, 0.0, 1.0))
     x[flat] = np.cross(helper, y[flat])
-    x = _unit(x)
+    x = unit_vectors(x)
     return np.stack((x, y, np.cross(x, y)), axis=-1)
 
 
@@ -622,7 +629,7 @@ def _swing(rest: np.ndarray, target: np.ndarray) -> np.ndarray:
     rotation = np.eye(3) + skew + skew @ skew * scale[..., None, None]
     if opposite.any():
         helper = np.where(np.abs(rest[..., :1]) < 0.9, (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
-        half_turn_axis = _unit(np.cross(rest, helper))[opposite]
+        half_turn_axis = unit_vectors(np.cross(rest, helper))[opposite]
         rotation[opposite] = 2.0 * half_turn_axis[:, :, None] * half_turn_axis[:, None] - np.eye(3)
     return rotation
 

@@ -59,7 +59,7 @@ from parttok.io import (
 from parttok.skeleton import MIRROR_PERMUTATION, NUM_JOINTS
 
 # Bump when joints_to_features or the BVH import changes its output: it keys the BVH cache.
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 FRAMES_PER_STEP = 4  # the tokenizers downsample time by 4: lengths are cut to multiples
 SPLITS = {"train": 80, "val": 10, "test": 10}  # percent of clips, by a hash of the id
 

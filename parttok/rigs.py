@@ -6,6 +6,8 @@ A mapping file is YAML (the presets in ``parttok/rigs/*.yaml`` are examples)::
     name: my-rig                 # optional, defaults to the file's stem
     up: y                        # optional: x, y or z, "-" for a negative axis; detected
                                  # from the motion when absent
+    conform: true                # optional (default true): give the pelvis (hips, spine1)
+                                 # and spine3 (neck, collars) groups SMPL's shape
     joints:                      # all 22 SMPL joints (parttok.skeleton.JOINT_NAMES)
       pelvis: Hips               # a joint of the file
       spine1: {along: [Hips, Spine, Chest], at: 0.396}
@@ -38,7 +40,7 @@ import numpy as np
 import yaml
 
 from parttok.errors import RigError
-from parttok.skeleton import JOINT_NAMES, NUM_JOINTS
+from parttok.skeleton import JOINT_NAMES, NUM_JOINTS, unit_vectors
 
 PRESET_NAMES = ("smpl", "cmu-motionbuilder", "cmu-3dsmax", "bandai-namco", "character-creator")
 UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
@@ -72,6 +74,7 @@ class Rig:
     name: str
     sources: tuple[Source, ...]
     up: str | None = None  # None: detect from the motion
+    conform: bool = True  # give the pelvis and spine3 groups SMPL's shape on import
 
     @property
     def source_names(self) -> list[str]:
@@ -144,8 +147,16 @@ def parse_rig(mapping: object, name: str, origin: str) -> Rig:
     up = mapping.get("up")
     if up is not None and str(up).lower() not in UP_AXES:
         raise RigError(f"{origin}: 'up' must be one of {', '.join(UP_AXES)}, got {up!r}")
+    conform = mapping.get("conform", True)
+    if not isinstance(conform, bool):
+        raise RigError(f"{origin}: 'conform' must be true or false, got {conform!r}")
     sources = tuple(_parse_source(joints[joint], joint, origin) for joint in JOINT_NAMES)
-    return Rig(str(mapping.get("name") or name), sources, None if up is None else str(up).lower())
+    return Rig(
+        str(mapping.get("name") or name),
+        sources,
+        None if up is None else str(up).lower(),
+        conform,
+    )
 
 
 def _parse_source(value: object, joint: str, origin: str) -> Source:
@@ -236,7 +247,7 @@ def detect_up(joints: np.ndarray) -> str:
     average (assumes the body is upright for most of the clip)."""
     torso = joints[:, _NECK] - joints[:, _PELVIS]
     legs = joints[:, _PELVIS] - joints[:, _ANKLES].mean(axis=1)
-    direction = _unit(torso).mean(axis=0) + _unit(legs).mean(axis=0)  # (3,)
+    direction = unit_vectors(torso).mean(axis=0) + unit_vectors(legs).mean(axis=0)  # (3,)
     axis = int(np.argmax(np.abs(direction)))
     return ("-" if direction[axis] < 0 else "") + "xyz"[axis]
 
@@ -245,7 +256,3 @@ def to_y_up(joints: np.ndarray, up: str) -> np.ndarray:
     """Rotate (..., 3) positions whose up axis is ``up`` so that up is +Y (a rotation,
     so left and right are kept)."""
     return joints if up == "y" else joints @ _TO_Y_UP[up].T
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)

@@ -93,6 +93,76 @@ for _joint in range(1, NUM_JOINTS):
         _node = PARENTS[_node]
 
 
+# SMPL's two rigid joint groups: a parent whose rotation alone places three children
+# (left, right, middle). Rigs disagree on these shapes (Bandai's hips sit level with the
+# pelvis, SMPL's 8 cm below it), which no motion explains: conform_rigid_groups fixes them.
+RIGID_GROUPS: tuple[tuple[int, tuple[int, int, int]], ...] = ((0, (1, 2, 3)), (9, (13, 14, 12)))
+# Unit directions parent -> child in the group's frame (x: right child -> left child; y:
+# towards the middle child, square to x; z = x cross y, forward), measured on HumanML3D's
+# reference clips (median over their frames, left and right averaged to a symmetric shape;
+# tests/test_skeleton.py measures them again).
+RIGID_GROUP_SHAPES = np.array(
+    [
+        [[0.5561, -0.747, -0.3643], [-0.5561, -0.747, -0.3643], [0.0, 1.0, 0.0]],
+        [[0.535, 0.8431, -0.0543], [-0.535, 0.8431, -0.0543], [0.0, 1.0, 0.0]],
+    ]
+)  # fmt: skip
+
+
+def rigid_group_frames(joints: np.ndarray, group: int) -> np.ndarray:
+    """(T, 22, 3) -> (T, 3, 3) frames of rigid group ``group``: columns x, y, z (see
+    RIGID_GROUP_SHAPES)."""
+    parent, (left, right, middle) = RIGID_GROUPS[group]
+    x = unit_vectors(joints[:, left] - joints[:, right])
+    up = joints[:, middle] - joints[:, parent]
+    y = unit_vectors(up - (up * x).sum(-1, keepdims=True) * x)
+    return np.stack((x, y, np.cross(x, y)), axis=-1)
+
+
+def rigid_group_directions(joints: np.ndarray, group: int) -> np.ndarray:
+    """(T, 22, 3) -> (T, 3, 3): unit directions parent -> each child (rows) in the frame of
+    rigid group ``group``."""
+    parent, children = RIGID_GROUPS[group]
+    frames = rigid_group_frames(joints, group)  # (T, 3, 3)
+    directions = unit_vectors(joints[:, list(children)] - joints[:, [parent]])  # (T, 3, 3)
+    return np.einsum("tij,tki->tkj", frames, directions)  # frame^T @ each direction
+
+
+def conform_rigid_groups(joints: np.ndarray) -> np.ndarray:
+    """Give a rig's pelvis and spine3 groups SMPL's shape, keeping the motion.
+
+    Per group: the rotation that best fits SMPL's shape onto the clip's median shape
+    (Kabsch, in the group's frame) places SMPL's shape; each frame's deviation from the
+    median is added back, so rigs whose groups bend keep that bend. Bone lengths are
+    kept and everything below a moved child moves with it. (T, 22, 3) -> (T, 22, 3).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    bones = joints[:, 1:] - joints[:, list(PARENTS[1:])]  # (T, 21, 3)
+    for group, (_, children) in enumerate(RIGID_GROUPS):
+        frames = rigid_group_frames(joints, group)  # (T, 3, 3)
+        directions = rigid_group_directions(joints, group)  # (T, 3, 3)
+        median = unit_vectors(np.median(directions, axis=0))  # (3, 3)
+        fitted = RIGID_GROUP_SHAPES[group] @ _best_rotation(RIGID_GROUP_SHAPES[group], median).T
+        local = unit_vectors(fitted + (directions - median))  # (T, 3, 3)
+        world = np.einsum("tij,tkj->tki", frames, local)  # frame @ each direction
+        index = [child - 1 for child in children]
+        bones[:, index] = world * np.linalg.norm(bones[:, index], axis=-1, keepdims=True)
+    bones = np.concatenate((np.zeros_like(bones[:, :1]), bones), axis=1)  # (T, 22, 3)
+    return joints[:, :1] + np.einsum("jb,tbc->tjc", ANCESTORS, bones)
+
+
+def _best_rotation(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The rotation R minimising sum |R s_k - t_k|^2 over rows s_k, t_k (Kabsch)."""
+    u, _, vt = np.linalg.svd(source.T @ target)
+    flip = np.sign(np.linalg.det(vt.T @ u.T))
+    return vt.T @ np.diag([1.0, 1.0, flip]) @ u.T
+
+
+def unit_vectors(vectors: np.ndarray) -> np.ndarray:
+    """(..., 3) -> the same directions with length 1 (zero vectors stay zero)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
 def target_offsets() -> np.ndarray:
     """(22, 3) rest-pose offsets of the target skeleton: direction times bone length."""
     return RAW_OFFSETS * np.concatenate(([0.0], TARGET_BONE_LENGTHS))[:, None]

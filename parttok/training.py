@@ -4,6 +4,7 @@ wraps any parttok model (the part tokenizer or a baseline)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,13 +195,18 @@ class TokenizerModule(pl.LightningModule):
             "model_config": self.model.config,
         }
 
+    def on_train_start(self) -> None:
+        self._train_started = time.monotonic()
+
     def on_train_end(self) -> None:
         from parttok.tokenizer import Tokenizer
 
         if self.trainer.global_rank != 0:
             return
+        seconds = time.monotonic() - getattr(self, "_train_started", time.monotonic())
         target = self.hparams.export_dir
         if target is None:
             target = str(Path(self.trainer.default_root_dir) / "tokenizer")
         tokenizer = Tokenizer(self.model, self.mean.cpu().numpy(), self.std.cpu().numpy())
-        tokenizer.save_pretrained(target, training={"global_step": int(self.global_step)})
+        training = {"global_step": int(self.global_step), "seconds": round(seconds, 1)}
+        tokenizer.save_pretrained(target, training=training)

@@ -7,9 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from parttok.io import extract_once
+from parttok.model import PartTokenizer
+from parttok.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,3 +56,28 @@ def llm_proof_tool():
         sys.modules["llm_proof"] = module  # dataclasses look their module up
         spec.loader.exec_module(module)
     return sys.modules["llm_proof"]
+
+
+SMALL_TOKENIZER = dict(
+    dim=32,
+    frame_dim=8,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    attention_window=4,
+    codebook_size=64,
+    code_dim=8,
+)
+
+
+def small_tokenizer(humanml3d_dir: Path, seed: int = 0, **options) -> Tokenizer:
+    """A small PartTokenizer with random weights (``options`` override SMALL_TOKENIZER); one
+    training forward on the real HumanML3D clips initialises its codebooks."""
+    torch.manual_seed(seed)
+    model = PartTokenizer(**{**SMALL_TOKENIZER, **options})
+    mean = np.load(humanml3d_dir / "Mean.npy")
+    std = np.load(humanml3d_dir / "Std.npy")
+    clips = [np.load(p) for p in sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))]
+    batch = torch.from_numpy(np.stack([(c[:112] - mean) / std for c in clips])).float()
+    model.train()(batch, torch.ones(batch.shape[:2], dtype=torch.bool))
+    return Tokenizer(model.eval(), mean, std)

@@ -12,41 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_tokenizer
 from safetensors.numpy import load_file
 
 from parttok.bvh import read_bvh
 from parttok.cli import main
 from parttok.features import features_to_joints
 from parttok.inference import RunOptions, encode_files, output_jobs
-from parttok.model import PartTokenizer
 from parttok.skeleton import JOINT_NAMES
 from parttok.sources import find_clips, load_clip_features
 from parttok.tokenfile import PROJECTOR_FILE, load_tokens
 from parttok.tokenizer import Tokenizer
 
-SMALL = dict(
-    dim=32,
-    frame_dim=8,
-    encoder_depth=1,
-    decoder_depth=1,
-    heads=2,
-    attention_window=4,
-    codebook_size=64,
-    code_dim=8,
-)
 BVH_CLIP = "02_01.bvh"  # the shortest CMU clip
-
-
-def small_tokenizer(humanml3d_dir: Path, seed: int, **options) -> Tokenizer:
-    """Random weights; one training forward on the real clips initialises the codebooks."""
-    torch.manual_seed(seed)
-    model = PartTokenizer(**{**SMALL, **options})
-    mean = np.load(humanml3d_dir / "Mean.npy")
-    std = np.load(humanml3d_dir / "Std.npy")
-    clips = [np.load(p) for p in sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))]
-    batch = torch.from_numpy(np.stack([(c[:112] - mean) / std for c in clips])).float()
-    model.train()(batch, torch.ones(batch.shape[:2], dtype=torch.bool))
-    return Tokenizer(model.eval(), mean, std)
 
 
 @pytest.fixture(scope="module")

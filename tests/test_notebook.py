@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import nbformat
+from conftest import small_tokenizer
 from nbclient import NotebookClient
-from test_render import small_tokenizer
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 KERNEL = "parttok-test"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_tokenizer
 from PIL import Image
-from test_render import gif_frames, small_tokenizer
+from test_render import gif_frames
 
 from parttok.cli import main
 from parttok.errors import InputError

@@ -10,31 +10,17 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
+from conftest import small_tokenizer
 from PIL import Image, ImageColor
 
 from parttok.cli import main
 from parttok.errors import FeatureError, InputError, ParttokError
 from parttok.features import features_to_joints
-from parttok.model import PartTokenizer
 from parttok.render import MP4_MISSING, PART_COLORS, render_animation
 from parttok.tokenfile import TokenFile, save_tokens
-from parttok.tokenizer import Tokenizer
 
 FRAMES = 20
 WHITE = 250  # a pixel darker than this in some channel is not background
-
-
-def small_tokenizer(humanml3d_dir: Path, seed: int = 0) -> Tokenizer:
-    """Random weights; one training-mode forward on a real clip initialises the codebooks."""
-    torch.manual_seed(seed)
-    model = PartTokenizer(
-        dim=32, frame_dim=8, encoder_depth=1, decoder_depth=1, heads=2, codebook_size=16, code_dim=8
-    )
-    mean, std = np.load(humanml3d_dir / "Mean.npy"), np.load(humanml3d_dir / "Std.npy")
-    clip = np.load(humanml3d_dir / "new_joint_vecs" / "012314.npy")[:160]
-    model.train()(torch.from_numpy((clip - mean) / std).float()[None])
-    return Tokenizer(model.eval(), mean, std)
 
 
 @pytest.fixture(scope="module")

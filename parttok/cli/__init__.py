@@ -18,6 +18,7 @@ COMMANDS = {
     "vocab": ("vocab", "export the token vocabulary for a language model"),
     "instruct": ("instruct", "build instruction-tuning conversations"),
     "render": ("render", "animate motion as GIF or MP4, side by side"),
+    "compose": ("compose", "token files -> one with some parts' codes from another"),
 }
 
 

@@ -1,0 +1,46 @@
+"""``parttok compose BASE.ptok DONOR.ptok --parts right_arm --out OUT.ptok``: a token file
+whose codes are BASE's with some parts' codes taken from DONOR (same tokenizer)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from parttok.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE.ptok", help="token file whose codes are kept")
+    parser.add_argument("donor", metavar="DONOR.ptok", help="token file the parts come from")
+    parser.add_argument(
+        "--parts",
+        required=True,
+        help="comma-separated part names taken from DONOR, e.g. left_arm,right_arm",
+    )
+    parser.add_argument("--out", required=True, metavar="OUT.ptok", help="token file to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from parttok.composition import compose_codes
+    from parttok.tokenfile import load_tokens, save_tokens
+
+    base = load_tokens(args.base)
+    donor = load_tokens(args.donor)
+    if donor.checkpoint != base.checkpoint:
+        raise InputError(
+            f"{args.donor}: made by tokenizer {donor.checkpoint}, {args.base} by "
+            f"{base.checkpoint}; compose codes of one tokenizer"
+        )
+    if base.kind != "codes":
+        raise InputError(f"{args.base}: holds continuous features; compose needs codes")
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = [part for part in parts if part not in base.parts]
+    if unknown or not parts:
+        raise InputError(
+            f"unknown part(s) {unknown or args.parts!r}; the codes have {list(base.parts)}"
+        )
+    codes = compose_codes(base.codes, donor.codes, [base.parts.index(part) for part in parts])
+    source = f"{base.source or args.base} with {','.join(parts)} of {donor.source or args.donor}"
+    save_tokens(args.out, replace(base, codes=codes, source=source))
+    print(f"wrote {args.out}: {len(codes)} steps, {', '.join(parts)} from {args.donor}")
+    return 0
