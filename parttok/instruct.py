@@ -14,9 +14,8 @@ placeholder instead of the keypoints; no image is rendered, the record carries t
 and keypoints to render it from. Every draw (template, cut, frame, azimuth) comes from a
 generator seeded by the seed and the clip id, so the output is deterministic.
 
-Templates live in one file, ``configs/instruct_templates.yaml`` at the top of the parttok
-repository (``default_templates_path``); an installed copy without the repository passes
-its own file (``--templates``).
+Templates live in one file shipped with the package, ``parttok/instruct_templates.yaml``
+(``default_templates_path``); pass your own with ``--templates``.
 """
 
 from __future__ import annotations
@@ -56,8 +55,8 @@ PREDICT_FRACTION = (0.25, 0.75)  # where the prompt part of a prediction ends, u
 
 
 def default_templates_path() -> Path:
-    """``configs/instruct_templates.yaml`` of the repository this module sits in."""
-    return Path(__file__).resolve().parents[1] / "configs" / "instruct_templates.yaml"
+    """``instruct_templates.yaml`` shipped inside the parttok package."""
+    return Path(__file__).resolve().parent / "instruct_templates.yaml"
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def by_task(records: list[dict], task: str) -> list[dict]:
 
 # --- templates ----------------------------------------------------------------------------
 def test_default_templates_load():
-    assert default_templates_path() == REPO / "configs" / "instruct_templates.yaml"
+    assert default_templates_path() == REPO / "parttok" / "instruct_templates.yaml"
     templates = load_templates()
     assert set(templates) == {"t2m", "caption", "predict", "pose", "pose_image"}
     assert all(len(phrasings) >= 2 for phrasings in templates.values())

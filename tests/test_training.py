@@ -60,6 +60,8 @@ def test_fast_dev_run_trains_and_exports_a_loadable_tokenizer(converted, tmp_pat
     codes = tokenizer.encode(clip)
     assert codes.shape == (len(clip) // 4, 6) and codes.dtype == np.int64
     assert tokenizer.decode(codes).shape == (len(clip) // 4 * 4, 263)
+    training = json.loads((tmp_path / "tokenizer" / CONFIG_FILE).read_text())["training"]
+    assert training["global_step"] == 1 and 0 < training["seconds"] < 600
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--templates",
         metavar="YAML",
-        help="template file (default: configs/instruct_templates.yaml)",
+        help="template file (default: the one shipped in parttok, instruct_templates.yaml)",
     )
     parser.add_argument(
         "--tasks",
