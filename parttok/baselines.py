@@ -8,6 +8,8 @@ it is batched with (without padding this is exactly the published architecture).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -272,12 +274,25 @@ class _ConvTokenizer(nn.Module):
         return rearrange(out, "b f t -> b t f")
 
 
+WHOLE_BODY_PART = "body"  # ConvVQ's one code per step
+RESIDUAL_LAYER_PREFIX = "layer"  # ResidualConvVQ's codes: layer0, layer1, ...
+
+
+def is_whole_body(part_names: Sequence[str]) -> bool:
+    """True for the part names of the whole-body baselines' codes (one body code per step, or
+    residual layers of it), whose columns are not body parts."""
+    names = tuple(part_names)
+    return names == (WHOLE_BODY_PART,) or names == tuple(
+        f"{RESIDUAL_LAYER_PREFIX}{index}" for index in range(len(names))
+    )
+
+
 class ConvVQ(_ConvTokenizer):
     """T2M-GPT's VQ-VAE: 1D convs over time on the whole 263-vector, width 512, 3 residual
     blocks per level with dilation growth 3, two stride-2 downsamplings (4 frames per code),
     one EMA codebook of 512 x 512 with k-means init and dead-code reset. Codes (B, S, 1)."""
 
-    part_names = ("body",)
+    part_names = (WHOLE_BODY_PART,)
 
     def __init__(
         self,
@@ -364,4 +379,4 @@ class ResidualConvVQ(_ConvTokenizer):
             commitment_weight=commitment_weight,
         )
         super().__init__(config, quantizer)
-        self.part_names = tuple(f"layer{index}" for index in range(num_quantizers))
+        self.part_names = tuple(f"{RESIDUAL_LAYER_PREFIX}{i}" for i in range(num_quantizers))

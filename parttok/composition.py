@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from parttok.baselines import is_whole_body
 from parttok.errors import InputError
 from parttok.features import RIC, ROOT_HEIGHT
 from parttok.skeleton import NUM_JOINTS, PARENTS
@@ -26,15 +27,34 @@ def part_joints(tokenizer: Tokenizer) -> dict[str, tuple[int, ...]]:
     return {name: tuple(joints) for name, joints in parts.items()}
 
 
-def compose_codes(base: np.ndarray, donor: np.ndarray, part_indices: Sequence[int]) -> np.ndarray:
-    """Codes (S, P) of ``base`` with the columns ``part_indices`` taken from ``donor``
-    (S', P): a shorter donor repeats from its start, a longer one is cut to S steps."""
+def part_indices(parts: Sequence[str], available: Sequence[str]) -> list[int]:
+    """The column of each named part among a tokenizer's ``available`` parts; InputError for
+    no names, unknown names, or whole-body codes (the baselines'), which are not parts."""
+    if is_whole_body(available):
+        raise InputError(
+            f"codes of parts {list(available)} are whole-body: only part codes compose"
+        )
+    unknown = [part for part in parts if part not in available]
+    if unknown or not parts:
+        raise InputError(
+            f"unknown part(s) {unknown or list(parts)}; the codes have {list(available)}"
+        )
+    return [list(available).index(part) for part in parts]
+
+
+def compose_codes(base: np.ndarray, donor: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """Codes (S, P) of ``base`` with the part ``columns`` taken from ``donor`` (S', P): a
+    shorter donor repeats from its start, a longer one is cut to S steps."""
     base, donor = np.asarray(base), np.asarray(donor)
     if base.ndim != 2 or donor.ndim != 2 or base.shape[1] != donor.shape[1]:
         raise InputError(f"codes of shape {base.shape} and {donor.shape} do not compose")
+    if len(base) == 0 or len(donor) == 0:
+        raise InputError("cannot compose empty codes")
+    if not all(0 <= column < base.shape[1] for column in columns):
+        raise InputError(f"part columns {list(columns)} outside 0..{base.shape[1] - 1}")
     composite = base.copy()
     aligned = np.resize(donor, base.shape)  # (S, P): the donor's steps, wrapped
-    composite[:, list(part_indices)] = aligned[:, list(part_indices)]
+    composite[:, list(columns)] = aligned[:, list(columns)]
     return composite
 
 
@@ -64,10 +84,12 @@ def composition_errors(
     the donor's (how much composing had to change them).
     """
     groups = part_joints(tokenizer)
-    unknown = [part for part in parts if part not in groups]
-    if unknown or not parts:
-        raise InputError(f"unknown part(s) {unknown}; the tokenizer has {list(groups)}")
-    indices = [list(groups).index(part) for part in parts]
+    indices = part_indices(parts, list(groups))
+    if any(0 in groups[part] for part in parts):
+        raise InputError("a part holding the root has no attachment to measure from")
+    for name, clip in (("base", base), ("donor", donor)):
+        if len(clip) < tokenizer.frames_per_step:
+            raise InputError(f"the {name} clip has {len(clip)} frames, fewer than one step")
     base_codes, donor_codes = tokenizer.encode_batch([base, donor])
     donor_codes = np.resize(donor_codes, base_codes.shape)  # aligned with the composite
     composite_codes = compose_codes(base_codes, donor_codes, indices)

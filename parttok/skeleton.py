@@ -134,19 +134,27 @@ def conform_rigid_groups(joints: np.ndarray) -> np.ndarray:
     Per group: the rotation that best fits SMPL's shape onto the clip's median shape
     (Kabsch, in the group's frame) places SMPL's shape; each frame's deviation from the
     median is added back, so rigs whose groups bend keep that bend. Bone lengths are
-    kept and everything below a moved child moves with it. (T, 22, 3) -> (T, 22, 3).
+    kept and everything below a moved child moves with it; frames where a group has no
+    frame (a child on its parent, both sides at one point) keep their bones.
+    (T, 22, 3) -> (T, 22, 3).
     """
     joints = np.asarray(joints, dtype=np.float64)
     bones = joints[:, 1:] - joints[:, list(PARENTS[1:])]  # (T, 21, 3)
     for group, (_, children) in enumerate(RIGID_GROUPS):
-        frames = rigid_group_frames(joints, group)  # (T, 3, 3)
-        directions = rigid_group_directions(joints, group)  # (T, 3, 3)
+        index = [child - 1 for child in children]
+        lengths = np.linalg.norm(bones[:, index], axis=-1, keepdims=True)  # (T, 3, 1)
+        across = joints[:, children[0]] - joints[:, children[1]]
+        # Frames where a child sits on the parent or the two sides coincide have no frame.
+        usable = (lengths.min(axis=(1, 2)) > 1e-6) & (np.linalg.norm(across, axis=-1) > 1e-6)
+        if not usable.any():
+            continue
+        frames = rigid_group_frames(joints[usable], group)  # (U, 3, 3)
+        directions = rigid_group_directions(joints[usable], group)  # (U, 3, 3)
         median = unit_vectors(np.median(directions, axis=0))  # (3, 3)
         fitted = RIGID_GROUP_SHAPES[group] @ _best_rotation(RIGID_GROUP_SHAPES[group], median).T
-        local = unit_vectors(fitted + (directions - median))  # (T, 3, 3)
+        local = unit_vectors(fitted + (directions - median))  # (U, 3, 3)
         world = np.einsum("tij,tkj->tki", frames, local)  # frame @ each direction
-        index = [child - 1 for child in children]
-        bones[:, index] = world * np.linalg.norm(bones[:, index], axis=-1, keepdims=True)
+        bones[np.ix_(usable, index)] = world * lengths[usable]
     bones = np.concatenate((np.zeros_like(bones[:, :1]), bones), axis=1)  # (T, 22, 3)
     return joints[:, :1] + np.einsum("jb,tbc->tjc", ANCESTORS, bones)
 

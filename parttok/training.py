@@ -94,6 +94,7 @@ class TokenizerModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        self.train_started: float | None = None  # monotonic clock at this session's start
         self.register_buffer("mean", torch.zeros(FEATURE_DIM))
         self.register_buffer("std", torch.ones(FEATURE_DIM))
         indices = getattr(model, "input_feature_indices", None)
@@ -196,17 +197,18 @@ class TokenizerModule(pl.LightningModule):
         }
 
     def on_train_start(self) -> None:
-        self._train_started = time.monotonic()
+        self.train_started = time.monotonic()
 
     def on_train_end(self) -> None:
         from parttok.tokenizer import Tokenizer
 
         if self.trainer.global_rank != 0:
             return
-        seconds = time.monotonic() - getattr(self, "_train_started", time.monotonic())
         target = self.hparams.export_dir
         if target is None:
             target = str(Path(self.trainer.default_root_dir) / "tokenizer")
         tokenizer = Tokenizer(self.model, self.mean.cpu().numpy(), self.std.cpu().numpy())
-        training = {"global_step": int(self.global_step), "seconds": round(seconds, 1)}
+        training: dict = {"global_step": int(self.global_step)}
+        if self.train_started is not None:  # this session's wall clock (not before a resume)
+            training["seconds"] = round(time.monotonic() - self.train_started, 1)
         tokenizer.save_pretrained(target, training=training)

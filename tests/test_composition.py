@@ -12,6 +12,7 @@ from parttok.composition import (
     compose_codes,
     composition_errors,
     local_positions,
+    part_indices,
     part_joints,
 )
 from parttok.data import bvh_features
@@ -32,6 +33,22 @@ def test_compose_codes_takes_columns_and_wraps_the_donor():
     np.testing.assert_array_equal(base, np.arange(12).reshape(6, 2))  # input untouched
     with pytest.raises(InputError, match="do not compose"):
         compose_codes(base, np.zeros((4, 3), dtype=int), [1])
+    with pytest.raises(InputError, match="empty"):
+        compose_codes(base, donor[:0], [1])
+    with pytest.raises(InputError, match="outside"):
+        compose_codes(base, donor, [-1])
+
+
+def test_part_names_are_checked_and_whole_body_codes_refused():
+    parts = ("root", "torso", "left_arm", "right_arm", "left_leg", "right_leg")
+    assert part_indices(["right_arm", "torso"], parts) == [3, 1]
+    with pytest.raises(InputError, match="unknown part"):
+        part_indices(["tail"], parts)
+    with pytest.raises(InputError, match="unknown part"):
+        part_indices([], parts)
+    for whole_body in (("body",), ("layer0", "layer1", "layer2")):
+        with pytest.raises(InputError, match="whole-body"):
+            part_indices([whole_body[0]], whole_body)
 
 
 def test_local_positions_keep_the_bodys_shape(humanml3d_dir):
@@ -45,6 +62,7 @@ def test_local_positions_keep_the_bodys_shape(humanml3d_dir):
         np.linalg.norm(local, axis=-1), np.linalg.norm(world, axis=-1), atol=1e-5
     )
     np.testing.assert_allclose(local[..., 1], world[..., 1], atol=1e-5)
+    np.testing.assert_allclose(local[0], world[0], atol=1e-5)  # frame 0 faces +Z in both
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +90,10 @@ def test_composition_checks_parts_and_model(humanml3d_dir, clips):
     assert list(part_joints(tokenizer)) == list(tokenizer.parts)
     with pytest.raises(InputError, match="unknown part"):
         composition_errors(tokenizer, clips[WALK], clips[WAVE], ["tail"])
+    with pytest.raises(InputError, match="root"):
+        composition_errors(tokenizer, clips[WALK], clips[WAVE], ["root"])
+    with pytest.raises(InputError, match="donor clip has 3 frames"):
+        composition_errors(tokenizer, clips[WALK], clips[WAVE][:3], ["right_arm"])
     torch.manual_seed(0)
     whole_body = Tokenizer(
         ConvVQ(width=32, depth=1, codebook_size=16, code_dim=8).eval(),
@@ -118,6 +140,8 @@ def test_compose_command_writes_a_token_file(clips, humanml3d_dir, tmp_path, cap
     # Bad input: one line, exit status 2.
     assert main(["compose", str(walk), str(wave), "--parts", "tail", "--out", str(out)]) == 2
     assert "unknown part(s) ['tail']" in capsys.readouterr().err
+    assert main(["compose", str(walk), str(wave), "--parts", ",", "--out", str(out)]) == 2
+    assert "unknown part(s) []" in capsys.readouterr().err
     small_tokenizer(humanml3d_dir).save_pretrained(tmp_path / "small")
     assert (
         main(

@@ -35,6 +35,8 @@ def test_shapes_are_humanml3d_medians(humanml3d_dir):
         left = (median[0] + median[1] * [-1.0, 1.0, 1.0]) / 2  # left and mirrored right
         left /= np.linalg.norm(left)
         np.testing.assert_allclose(RIGID_GROUP_SHAPES[group][0], left, atol=2e-3)
+        # The middle child defines the frame's y: no z, and nearly no x (SMPL is symmetric).
+        assert median[2, 2] == 0.0 and abs(median[2, 0]) < 0.15
 
 
 @pytest.mark.parametrize(
@@ -93,3 +95,17 @@ def test_smpl_preset_does_not_conform_and_flag_is_checked():
     mapping = {"joints": {joint: joint for joint in preset("smpl").source_names}}
     with pytest.raises(RigError, match="'conform' must be true or false"):
         parse_rig({**mapping, "conform": "sometimes"}, "mine", "mine.yaml")
+
+
+def test_conform_keeps_degenerate_groups(humanml3d_dir):
+    """A neck on spine3 leaves that group without a frame: its bones stay as they were."""
+    joints = np.load(humanml3d_dir / "new_joints" / "012314.npy").astype(np.float64)
+    joints[:, 12] = joints[:, 9]
+    conformed = conform_rigid_groups(joints)
+    assert np.isfinite(conformed).all()
+    np.testing.assert_allclose(bone_lengths(conformed), bone_lengths(joints), atol=1e-9)
+    spine3 = [9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]  # moved only with spine1 (pelvis group)
+    np.testing.assert_allclose(
+        conformed[:, spine3] - conformed[:, [9]], joints[:, spine3] - joints[:, [9]], atol=1e-9
+    )
+    assert conform_rigid_groups(joints[:1]).shape == (1, 22, 3)

@@ -132,10 +132,13 @@ def summary(results: dict) -> list[str]:
             key: 1 - ours[key]["mpjpe_mm"] / results[best][key]["mpjpe_mm"]
             for key in ("in_distribution", "unseen")
         }
+        seen, unseen = (
+            f"{abs(change[key]):.0%} {'lower' if change[key] >= 0 else 'higher'}"
+            for key in ("in_distribution", "unseen")
+        )
         lines.append(
-            f"parttok against {LABELS[best]} (the better of its runs): "
-            f"{change['in_distribution']:.0%} lower MPJPE in-distribution, "
-            f"{change['unseen']:.0%} lower on unseen clips."
+            f"parttok against {LABELS[best]} (the better of its runs): {seen} MPJPE "
+            f"in-distribution, {unseen} on unseen clips."
         )
     return lines
 

@@ -32,7 +32,7 @@ from parttok.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Composing body parts"
 FIGURE = REPO / "notebooks" / "figures" / "compose.gif"
-# (name, base action, donor action, parts taken from the donor)
+# (name, base action, donor action, parts taken from the donor); the first makes the figure
 COMPOSITIONS = (
     ("walk + right arm of a wave", "walk", "wave-right-hand", ("right_arm",)),
     ("walk + left arm of a raise", "walk", "raise-up-left-hand", ("left_arm",)),
@@ -64,7 +64,10 @@ def measure(tokenizer: Tokenizer, data: Path, shared: Path, pairs: int) -> tuple
     cases.append(
         (
             "HumanML3D clips (unseen) + right arm of a wave",
-            [(clip, bandai.features(waves[i])) for i, clip in enumerate(bases.values())],
+            [
+                (clip, bandai.features(waves[i % len(waves)]))
+                for i, clip in enumerate(bases.values())
+            ],
             ("right_arm",),
         )
     )
@@ -100,8 +103,10 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="default: the shipped model")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--pairs", type=int, default=16, help="clip pairs per composition")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the table only (no BENCHMARKS, figure)"
+    )
     args = parser.parse_args()
     tokenizer = Tokenizer.from_pretrained(args.checkpoint)
     start = time.monotonic()
@@ -129,12 +134,13 @@ def main() -> int:
         f"![composition](notebooks/figures/{FIGURE.name})\n"
     )
     replace_markdown_section(REPO / "BENCHMARKS.md", section)
+    _, base, donor, _ = COMPOSITIONS[0]
     motions = [features_to_joints(example[key]) for key in ("base", "donor", "composite")]
     length = min(len(m) for m in motions)
     render_animation(
         [m[:length] for m in motions],
         FIGURE,
-        titles=["base: walk", "donor: wave", "composite"],
+        titles=[f"base: {base}", f"donor: {donor}", "composite"],
         caption=example["name"],
         panel_pixels=320,
     )

@@ -86,7 +86,7 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
         for name, r in results.items()
     )
     parts = results["humanml3d"]["per_part_mpjpe_mm"]
-    clips = results["humanml3d"]["per_clip_mpjpe_mm"]
+    clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
     parameters = sum(p.numel() for p in tokenizer.model.parameters())
     return f"""# parttok pretrained tokenizer
 
@@ -108,8 +108,8 @@ unpickled.
   The BVH import gives each rig's pelvis and spine3 joint groups SMPL's shape
   (`parttok.skeleton.conform_rigid_groups`); features converted by parttok before that
   change differ from what this model saw: convert BVH again.
-- Reproduce: `python tools/prepare_data.py && {training["command"]}` (which runs
-  `parttok train --config configs/cpu.yaml`).
+- Reproduce (runs `parttok train --config configs/cpu.yaml`):
+  `python tools/prepare_data.py && {training["command"]}`.
 - Compute: {training["seconds"] / 60:.0f} minutes on {training["machine"]}, {training["steps"]}
   optimiser steps; trained {training["date"]}.
 
@@ -122,7 +122,7 @@ of each part's codebook used on that set.
 {rows}
 
 Per-part MPJPE on the HumanML3D clips (mm): {", ".join(f"{k} {v:.1f}" for k, v in parts.items())}.
-Per clip (mm): {", ".join(f"{k} {v:.1f}" for k, v in clips.items())}.
+Per clip (mm): {", ".join(f"{k} {v:.1f}" for k, v in clips.items()) or "not kept (over 10 clips)"}.
 The HumanML3D clips are AMASS motion from other performers, skeletons and capture systems,
 and actions the training data lacks: there the error is several times the in-distribution
 error, so the model does not yet generalise beyond the kind of motion it trained on (about
