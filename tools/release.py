@@ -35,16 +35,16 @@ CARD = "MODEL_CARD.md"
 METRICS = "metrics.json"
 
 
-def train(run: Path, minutes: float, steps: int | None = None) -> float:
-    """Train with configs/cpu.yaml for ``minutes`` of wall clock (or ``steps`` optimiser
-    steps, whichever ends first; the learning rate then follows the steps); return the
-    seconds taken."""
+def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()) -> float:
+    """Train with configs/cpu.yaml (plus ``extra`` arguments) for ``minutes`` of wall clock
+    (or ``steps`` optimiser steps, whichever ends first; the learning rate then follows the
+    steps); return the seconds taken."""
     budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     command = [
         sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml",
         "--trainer.max_time", f"00:{budget}", "--trainer.default_root_dir", str(run),
         "--trainer.enable_progress_bar", "false",
-        *(["--trainer.max_steps", str(steps)] if steps else []),
+        *(["--trainer.max_steps", str(steps)] if steps else []), *extra,
     ]  # fmt: skip
     start = time.monotonic()
     with open(run.parent / f"{run.name}.log", "w") as log:

@@ -1,0 +1,87 @@
+"""Ablate the shipped model's data recipe: CMU oversampling and left/right mirroring.
+
+    python tools/prepare_data.py                              # once
+    python tools/recipe.py --steps 1706                       # train the three variants
+    python tools/recipe.py --steps 1706 --evaluate-only       # measure trained runs again
+
+Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
+other load do not change the result, only the time): "both" is cpu.yaml as shipped (the CMU
+folders listed three times, mirroring on), "no mirroring" turns mirroring off, "no
+oversampling" lists each folder once. Measured as tools/release.py measures the shipped
+model. Writes the "## Training data recipe" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from parttok.io import machine_description, replace_markdown_section
+from parttok.tokenizer import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from release import evaluation_sets, measure, train  # noqa: E402 (tools/ is not a package)
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Training data recipe"
+VARIANTS = {
+    "both": ("CMU oversampled 3x + mirroring (shipped)", ()),
+    "no_mirroring": ("CMU oversampled 3x, no mirroring", ("--data.mirror", "false")),
+    "no_oversampling": (
+        "each folder once + mirroring",
+        ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
+    ),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1706, help="optimiser steps per variant")
+    parser.add_argument("--minutes", type=float, default=60, help="wall-clock cap per variant")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "recipe")
+    parser.add_argument("--data", type=Path, default=REPO / "data")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--evaluate-only", action="store_true", help="measure existing runs")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.evaluate_only:
+        for name, (_, extra) in VARIANTS.items():
+            print(f"training {name} for {args.steps} steps", flush=True)
+            train(args.out / name, args.minutes, args.steps, extra)
+    torch.set_num_threads(os.cpu_count() or 1)
+    sets = evaluation_sets(args.data, args.shared)
+    lines = [
+        SECTION,
+        "",
+        f"Command: `python tools/recipe.py --steps {args.steps}` (after `python "
+        f"tools/prepare_data.py`). {machine_description()}, no GPU; "
+        f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
+        "steps of configs/cpu.yaml and differs only in its data; measured as the model card "
+        "measures the shipped model (MPJPE, mm).",
+        "",
+        "| variant | Bandai val | CMU val | HumanML3D | HumanML3D per clip |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (label, _) in VARIANTS.items():
+        tokenizer = Tokenizer.from_pretrained(args.out / name / "tokenizer")
+        results = measure(tokenizer, sets)
+        clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
+        lines.append(
+            f"| {label} | {results['bandai_val']['mpjpe_mm']:.1f} | "
+            f"{results['cmu_val']['mpjpe_mm']:.1f} | {results['humanml3d']['mpjpe_mm']:.1f} | "
+            + ", ".join(f"{clip} {value:.1f}" for clip, value in clips.items())
+            + " |"
+        )
+    section = "\n".join(lines) + "\n"
+    replace_markdown_section(REPO / "BENCHMARKS.md", section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
