@@ -58,8 +58,10 @@ from parttok.io import (
 )
 from parttok.skeleton import MIRROR_PERMUTATION, NUM_JOINTS
 
-# Bump when joints_to_features or the BVH import changes its output: it keys the BVH cache.
+# Bump when joints_to_features or the BVH import changes its output: it keys the BVH cache,
+# and a converted folder written under another version is converted again.
 FEATURE_VERSION = "2"
+FEATURE_VERSION_FILE = "feature_version.txt"
 FRAMES_PER_STEP = 4  # the tokenizers downsample time by 4: lengths are cut to multiples
 SPLITS = {"train": 80, "val": 10, "test": 10}  # percent of clips, by a hash of the id
 
@@ -779,10 +781,14 @@ def convert_sources(
     recovered from them, same length), ``texts/<id>.txt`` (from labels), then indexes the
     whole folder: ``all.txt``, ``train/val/test/train_val.txt`` (``split_of``), and
     ``Mean.npy``/``Std.npy`` over every clip in it. Clips whose outputs exist are skipped
-    unless ``force``; a bad file is reported and left out, never stopping the rest.
+    unless ``force`` or the folder was written by an import of another ``FEATURE_VERSION``
+    (``feature_version.txt``); a bad file is reported and left out, never stopping the rest.
     """
     out = Path(out)
-    tasks = plan_conversion(sources, out, rig, force)
+    marker = out / FEATURE_VERSION_FILE
+    written = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+    stale = (out / "new_joint_vecs").is_dir() and written != FEATURE_VERSION
+    tasks = plan_conversion(sources, out, rig, force or stale)
     if any(task.path.suffix.lower() != ".npy" for task in tasks):
         import parttok.bvh  # noqa: F401  (imported once here, not in every worker)
     done, failed = process_batch(
@@ -795,6 +801,7 @@ def convert_sources(
         if task.captions:
             _write_if_changed(out / "texts" / f"{task.clip_id}.txt", "\n".join(task.captions))
     out.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(marker, FEATURE_VERSION)
     report.total_clips = write_index(out, refresh_statistics=bool(report.converted))
     return report
 

@@ -109,6 +109,13 @@ def test_bvh_with_labels_resume_and_force(labelled_sources, tmp_path, capsys):
     npy = [path for path in outputs(out) if path.suffix == ".npy"]
     assert all(path.stat().st_mtime_ns > 0 for path in npy)
 
+    # a folder written by an import of another feature version is converted again
+    assert (out / "feature_version.txt").read_text().strip() == D.FEATURE_VERSION
+    (out / "feature_version.txt").write_text("1\n")
+    assert main(arguments) == 0
+    assert "converted 4 clip(s)" in capsys.readouterr().err
+    assert (out / "feature_version.txt").read_text().strip() == D.FEATURE_VERSION
+
 
 def test_bad_files_are_reported_and_the_rest_converted(bandai_dir, tmp_path, capsys):
     good = bandai_dir / "data" / f"{BANDAI[0]}.bvh"

@@ -114,13 +114,13 @@ def random_tokenizer(mode: str = "motion", codebook_size: int = 512, seed: int =
 
 def bandai_folder(clips: int) -> Path:
     """``clips`` Bandai Namco clips (spread evenly over the sorted list) converted once into
-    the cache in the HumanML3D layout."""
-    from parttok.data import convert_sources
+    the cache in the HumanML3D layout (one folder per feature version of the import)."""
+    from parttok.data import FEATURE_VERSION, convert_sources
 
     source = extract_once(DATA / "bandai-namco-2.tar.xz")
     files = sorted((source / "data").glob("*.bvh"))
     chosen = [files[i] for i in np.linspace(0, len(files) - 1, min(clips, len(files))).astype(int)]
-    out = cache_dir() / f"llm-proof-bandai-{len(chosen)}"
+    out = cache_dir() / f"llm-proof-bandai-{len(chosen)}-v{FEATURE_VERSION}"
     report = convert_sources(chosen, out, show_progress=False)
     if report.failed:
         print(f"{len(report.failed)} clip(s) failed to convert", file=sys.stderr)
