@@ -30,7 +30,7 @@ from release import evaluation_sets, measure, train  # noqa: E402 (tools/ is not
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Training data recipe"
 VARIANTS = {
-    "both": ("CMU oversampled 3x + mirroring (shipped)", ()),
+    "both": ("CMU oversampled 3x + mirroring (the shipped recipe)", ()),
     "no_mirroring": ("CMU oversampled 3x, no mirroring", ("--data.mirror", "false")),
     "no_oversampling": (
         "each folder once + mirroring",
