@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_TOKENIZER
 
 from parttok.baselines import ConvVQ, ResidualConvVQ
 from parttok.errors import FeatureError
@@ -14,17 +15,9 @@ from parttok.features import FEATURE_DIM, POSE_FEATURE_INDICES
 from parttok.model import FIVE_PARTS, SIX_PARTS, PartTokenizer
 
 CLIPS = ("000000", "007005", "012314", "M010655")
-# Tiny sizes so every test runs in a second or two on two loaded cores.
-SMALL = dict(
-    dim=32,
-    joint_dim=16,
-    frame_dim=8,
-    heads=2,
-    encoder_depth=1,
-    decoder_depth=1,
-    code_dim=8,
-    codebook_size=32,
-)
+# Tiny sizes so every test runs in a second or two on two loaded cores: the shared small
+# configuration with its own joint width, codebook and the default attention window.
+SMALL = {**SMALL_TOKENIZER, "joint_dim": 16, "codebook_size": 32, "attention_window": 8}
 SMALL_CONV = dict(width=32, depth=2, code_dim=16, codebook_size=32)
 
 MODELS = {
