@@ -21,7 +21,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from parttok.augment import Augmentation, change_speed, lean, splice_arms
 from parttok.cli.common import process_batch
 from parttok.errors import FeatureError, InputError
 from parttok.features import (
@@ -377,6 +378,13 @@ def mirror_joints(joints: np.ndarray) -> np.ndarray:
 # Training windows and evaluation clips
 
 
+def _concatenate(arrays: list[np.ndarray], row_shape: tuple[int, ...]) -> np.ndarray:
+    """Arrays stacked along their first axis as float32 (an empty (0, *row_shape) for none)."""
+    if not arrays:
+        return np.zeros((0, *row_shape), np.float32)
+    return np.concatenate(arrays).astype(np.float32, copy=False)
+
+
 def _usable_length(length: int) -> int:
     return length - length % FRAMES_PER_STEP
 
@@ -389,8 +397,11 @@ class WindowDataset(Dataset):
     frame once. A clip shorter than the crop gives all of it (cut to a multiple of 4),
     zero-padded, with ``mask`` False on the padding. With ``min_window`` the crop length
     is drawn uniformly from the multiples of 4 in [min_window, window] (then padded to
-    ``window``). With ``mirror`` half the items are mirrored left/right. Clips shorter
-    than 4 frames are dropped. Randomness comes from torch, so DataLoader workers differ.
+    ``window``). With ``mirror`` half the items are mirrored left/right. With ``augment``
+    (and each clip's (T, 22, 3) ``joints``) a share of the items are made in joint space,
+    played at another speed, leaned and given another window's arms (see
+    ``parttok.augment``), then turned into features. Clips shorter than 4 frames are
+    dropped. Randomness comes from torch, so DataLoader workers differ.
     """
 
     def __init__(
@@ -401,22 +412,32 @@ class WindowDataset(Dataset):
         window: int = 64,
         min_window: int | None = None,
         mirror: bool = False,
+        joints: Sequence[np.ndarray] | None = None,
+        augment: Augmentation | None = None,
     ):
         if window < FRAMES_PER_STEP or window % FRAMES_PER_STEP:
             raise ValueError(f"window must be a positive multiple of 4, got {window}")
         min_window = window if min_window is None else min_window
         if not FRAMES_PER_STEP <= min_window <= window or min_window % FRAMES_PER_STEP:
             raise ValueError(f"min_window must be a multiple of 4 in [4, {window}]")
+        if augment is not None and (joints is None or len(joints) != len(clips)):
+            raise ValueError("augment needs the joints of every clip")
         self.window, self.min_window, self.mirror = window, min_window, mirror
+        self.augment = augment
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
-        kept = [clip for clip in clips if len(clip) >= FRAMES_PER_STEP]
-        lengths = np.array([len(clip) for clip in kept], dtype=np.int64)
+        kept = [i for i, clip in enumerate(clips) if len(clip) >= FRAMES_PER_STEP]
+        lengths = np.array([len(clips[i]) for i in kept], dtype=np.int64)
         # one array for all frames: cheap to share with forked DataLoader workers
-        self.frames = np.concatenate(kept) if kept else np.zeros((0, FEATURE_DIM), np.float32)
+        self.frames = _concatenate([clips[i] for i in kept], (FEATURE_DIM,))
         self.starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         self.lengths = lengths - lengths % FRAMES_PER_STEP
         self.index = np.repeat(np.arange(len(kept)), -(-lengths // window))
+        if augment is not None:
+            joint_lengths = np.array([len(joints[i]) for i in kept], dtype=np.int64)
+            self.joints = _concatenate([joints[i] for i in kept], (NUM_JOINTS, 3))
+            self.joint_starts = np.concatenate(([0], np.cumsum(joint_lengths)[:-1]))
+            self.joint_lengths = joint_lengths
 
     def __len__(self) -> int:
         return len(self.index)
@@ -427,14 +448,45 @@ class WindowDataset(Dataset):
         steps = torch.randint(low, high + 1, ()).item()
         crop = min(FRAMES_PER_STEP * steps, int(self.lengths[clip]))
         offset = torch.randint(0, int(self.lengths[clip]) - crop + 1, ()).item()
-        first = self.starts[clip] + offset
-        frames = self.frames[first : first + crop]  # (crop, 263)
+        augment = self.augment is not None and torch.rand(()).item() < self.augment.probability
+        if augment and self.joint_lengths[clip] > crop + 1:
+            frames = self._augmented(clip, crop)
+        else:
+            first = self.starts[clip] + offset
+            frames = self.frames[first : first + crop]  # (crop, 263)
         if self.mirror and torch.rand(()).item() < 0.5:
             frames = mirror_features(frames)
         features = np.zeros((self.window, FEATURE_DIM), dtype=np.float32)
         features[:crop] = (frames - self.mean) / self.std
         mask = np.arange(self.window) < crop
         return {"features": torch.from_numpy(features), "mask": torch.from_numpy(mask)}
+
+    def _clip_joints(self, clip: int) -> np.ndarray:
+        first = self.joint_starts[clip]
+        return self.joints[first : first + self.joint_lengths[clip]]  # (T, 22, 3)
+
+    def _augmented(self, clip: int, crop: int) -> np.ndarray:
+        """(crop, 263) raw features of an augmented window of ``clip`` (its joints have more
+        than ``crop + 1`` frames).
+
+        The window keeps one frame before its first row: the reference pipeline's first
+        row turns from an unsmoothed to a smoothed facing, a jump only a clip's start has.
+        """
+        augment = self.augment
+        joints = self._clip_joints(clip).astype(np.float64)
+        speed = augment.draw_speed(len(joints), crop + 1)
+        start = (len(joints) - 1 - speed * (crop + 1)) * torch.rand(()).item()
+        window = change_speed(joints, speed, crop + 2, start)  # (crop + 2, 22, 3)
+        window = lean(window, augment.draw_lean())
+        if torch.rand(()).item() < augment.arm_swap:
+            donor = int(torch.randint(0, len(self.joint_lengths), ()).item())
+            donor_joints = self._clip_joints(donor)
+            if len(donor_joints) >= len(window):
+                first = int(torch.randint(0, len(donor_joints) - len(window) + 1, ()).item())
+                side = ("left", "right", "both")[int(torch.randint(0, 3, ()).item())]
+                donated = donor_joints[first : first + len(window)].astype(np.float64)
+                window = splice_arms(window, donated, side)
+        return joints_to_features(window)[1:]  # (crop, 263)
 
 
 class EvalDataset(Dataset):
@@ -510,7 +562,8 @@ class MotionDataModule(pl.LightningDataModule):
 
     Training: random ``window``-frame crops of the ``train_split`` clips (see
     ``WindowDataset``; ``min_window`` for random lengths, ``mirror`` for left/right
-    augmentation), batches ``{"features": (B, window, 263), "mask": (B, window)}``.
+    augmentation, ``augment`` for speed, lean and arm swaps made from the clips' joints),
+    batches ``{"features": (B, window, 263), "mask": (B, window)}``.
     Validation/test: the ``val_split``/``test_split`` clips whole (``EvalDataset``: at least
     ``val_min_length`` frames, longer clips split into ``val_max_length`` segments), padded
     to the longest in the batch, with the same two keys plus ``lengths`` and ``ids``.
@@ -532,6 +585,7 @@ class MotionDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         mirror: bool = False,
+        augment: Augmentation | dict | None = None,
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "test",
@@ -543,6 +597,9 @@ class MotionDataModule(pl.LightningDataModule):
         val_max_length: int = 196,
     ):
         super().__init__()
+        # kept as plain numbers in the hyperparameters (checkpoints stay free of our classes)
+        augment = asdict(augment) if isinstance(augment, Augmentation) else augment
+        self.augment = Augmentation(**augment) if augment is not None else None
         self.save_hyperparameters()
         if not data_dirs:
             raise InputError("data_dirs: give at least one folder in the HumanML3D layout")
@@ -551,6 +608,7 @@ class MotionDataModule(pl.LightningDataModule):
         self.std: np.ndarray | None = None
         self.train_dataset: WindowDataset | None = None
         self._clips: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+        self._chosen: dict[str, list[tuple[HumanML3DFolder, str]]] = {}
 
     @functools.cached_property
     def folders(self) -> list[HumanML3DFolder]:
@@ -575,7 +633,13 @@ class MotionDataModule(pl.LightningDataModule):
             names = Counter(i for _, i in chosen)
             ids = [i if names[i] == 1 else f"{f.root.name}_{i}" for f, i in chosen]
             self._clips[key] = (ids, [folder.features(i) for folder, i in chosen])
+            self._chosen[key] = chosen
         return self._clips[key]
+
+    def joints(self, split: str) -> list[np.ndarray]:
+        """(T, 22, 3) positions of the clips ``clips(split)`` gives, in the same order."""
+        self.clips(split)
+        return [folder.joints(i) for folder, i in self._chosen[split]]
 
     def setup(self, stage: str | None = None) -> None:
         if self.mean is not None:
@@ -590,8 +654,10 @@ class MotionDataModule(pl.LightningDataModule):
             self.mean, self.std = self.folders[0].mean, self.folders[0].std
         else:
             self.mean, self.std = compute_statistics(train_clips)
+        augment = self.augment
+        joints = self.joints(hp.train_split) if augment is not None else None
         self.train_dataset = WindowDataset(
-            train_clips, self.mean, self.std, hp.window, hp.min_window, hp.mirror
+            train_clips, self.mean, self.std, hp.window, hp.min_window, hp.mirror, joints, augment
         )
         if not len(self.train_dataset):
             raise InputError(f"no {hp.train_split!r} clip has {FRAMES_PER_STEP} frames or more")
@@ -664,6 +730,7 @@ class ConvertReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     frames: int = 0  # feature rows written by this run
     total_clips: int = 0  # clips in the output folder afterwards
+    stale: list[str] = field(default_factory=list)  # clips left from another feature version
 
 
 def convert_clip(task: ConvertTask) -> ConvertOutcome:
@@ -783,11 +850,14 @@ def convert_sources(
     ``Mean.npy``/``Std.npy`` over every clip in it. Clips whose outputs exist are skipped
     unless ``force`` or the folder was written by an import of another ``FEATURE_VERSION``
     (``feature_version.txt``); a bad file is reported and left out, never stopping the rest.
+    The folder is marked with this version once none of its clips is from another one
+    (clips of sources this call did not name are listed in ``report.stale``).
     """
     out = Path(out)
     marker = out / FEATURE_VERSION_FILE
     written = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
     stale = (out / "new_joint_vecs").is_dir() and written != FEATURE_VERSION
+    older = {path.stem for path in (out / "new_joint_vecs").glob("*.npy")} if stale else set()
     tasks = plan_conversion(sources, out, rig, force or stale)
     if any(task.path.suffix.lower() != ".npy" for task in tasks):
         import parttok.bvh  # noqa: F401  (imported once here, not in every worker)
@@ -801,7 +871,9 @@ def convert_sources(
         if task.captions:
             _write_if_changed(out / "texts" / f"{task.clip_id}.txt", "\n".join(task.captions))
     out.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(marker, FEATURE_VERSION)
+    report.stale = sorted(older - set(report.converted))
+    if not report.stale:
+        _write_if_changed(marker, FEATURE_VERSION)
     report.total_clips = write_index(out, refresh_statistics=bool(report.converted))
     return report
 

@@ -116,6 +116,16 @@ def test_bvh_with_labels_resume_and_force(labelled_sources, tmp_path, capsys):
     assert "converted 4 clip(s)" in capsys.readouterr().err
     assert (out / "feature_version.txt").read_text().strip() == D.FEATURE_VERSION
 
+    # converting only some sources into such a folder names the rest and keeps it marked old
+    (out / "feature_version.txt").write_text("1\n")
+    assert main(["convert", arguments[1], *arguments[-4:]]) == 0
+    err = capsys.readouterr().err
+    assert "converted 1 clip(s)" in err and "3 clip(s) in" in err and "older import" in err
+    assert (out / "feature_version.txt").read_text().strip() == "1"
+    assert main(arguments) == 0  # all of them: the folder is current again
+    assert "older import" not in capsys.readouterr().err
+    assert (out / "feature_version.txt").read_text().strip() == D.FEATURE_VERSION
+
 
 def test_bad_files_are_reported_and_the_rest_converted(bandai_dir, tmp_path, capsys):
     good = bandai_dir / "data" / f"{BANDAI[0]}.bvh"

@@ -47,4 +47,10 @@ def run(args: argparse.Namespace) -> int:
         f"{report.out} holds {report.total_clips} clip(s)",
         file=sys.stderr,
     )
+    if report.stale:
+        print(
+            f"{len(report.stale)} clip(s) in {report.out} (first: {report.stale[0]}) are from an"
+            " older import: convert their sources into it too, or use a new folder",
+            file=sys.stderr,
+        )
     return exit_status(report.failed)

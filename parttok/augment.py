@@ -1,0 +1,121 @@
+"""Joint-space training augmentation: new motions the training data lacks, made from the
+motions it has, then turned into features by the reference pipeline.
+
+- ``change_speed``: play a clip faster or slower (positions resampled in time).
+- ``lean``: bend the upper body forward or back at the pelvis (Bandai Namco's actors walk
+  upright; HumanML3D's lean into their actions).
+- ``splice_arms``: one motion's arms on another's body (a wave on a walk), so that no part's
+  code can rely on what the other parts are doing.
+
+``Augmentation`` holds the ranges and ``Augmentation.apply`` draws one of each with torch's
+random generator (so DataLoader workers differ); ``WindowDataset`` calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from parttok.skeleton import NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
+
+LEFT_HIP, RIGHT_HIP, PELVIS = 1, 2, 0
+# Each arm hangs from its collar, which is rigid on the chest (SMPL's spine3 places it).
+COLLARS = {"left": 13, "right": 14}
+ARMS = {"left": (16, 18, 20), "right": (17, 19, 21)}  # shoulder, elbow, wrist
+CHEST_GROUP = 1  # RIGID_GROUPS[1]: spine3 with both collars and the neck
+
+
+def _descendants(joint: int) -> tuple[int, ...]:
+    """``joint`` and every joint below it in the tree."""
+    below = [joint]
+    for child in range(joint + 1, NUM_JOINTS):  # parents precede children in SMPL's order
+        if PARENTS[child] in below:
+            below.append(child)
+    return tuple(below)
+
+
+UPPER_BODY = _descendants(3)  # spine1 and everything above it
+
+
+def change_speed(joints: np.ndarray, factor: float, frames: int, start: float = 0.0) -> np.ndarray:
+    """(T, 22, 3) -> (frames, 22, 3): the motion played ``factor`` times as fast from source
+    frame ``start`` (linear interpolation of positions; needs start + factor * (frames - 1)
+    <= T - 1)."""
+    times = start + factor * np.arange(frames)  # (frames,) in source frames
+    if times[-1] > len(joints) - 1 + 1e-6:
+        raise ValueError(f"{frames} frames at speed {factor:g} need more than {len(joints)}")
+    before = np.minimum(np.floor(times).astype(np.int64), len(joints) - 1)
+    after = np.minimum(before + 1, len(joints) - 1)
+    weight = (times - before)[:, None, None]  # (frames, 1, 1)
+    return (1.0 - weight) * joints[before] + weight * joints[after]
+
+
+def _rotate_about(vectors: np.ndarray, axes: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues: (T, J, 3) vectors turned by ``angle`` radians about unit (T, 3) axes."""
+    axes = axes[:, None]  # (T, 1, 3)
+    cos, sin = np.cos(angle), np.sin(angle)
+    along = (vectors * axes).sum(-1, keepdims=True) * axes
+    return vectors * cos + np.cross(axes, vectors) * sin + along * (1.0 - cos)
+
+
+def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
+    """(T, 22, 3) -> (T, 22, 3): the upper body (spine1 up) turned ``degrees`` forward (negative:
+    back) about the pelvis, around each frame's horizontal hip axis."""
+    hips = joints[:, LEFT_HIP] - joints[:, RIGHT_HIP]  # (T, 3), points left
+    axes = unit_vectors(hips * np.array([1.0, 0.0, 1.0]))  # horizontal: a lean, not a twist
+    pelvis = joints[:, PELVIS : PELVIS + 1]  # (T, 1, 3)
+    leaned = joints.copy()
+    upper = list(UPPER_BODY)
+    leaned[:, upper] = pelvis + _rotate_about(joints[:, upper] - pelvis, axes, np.radians(degrees))
+    return leaned
+
+
+def splice_arms(body: np.ndarray, donor: np.ndarray, side: str = "both") -> np.ndarray:
+    """(T, 22, 3) x2 -> (T, 22, 3): ``body`` with the ``donor``'s arms (``side`` "left",
+    "right" or "both"): shoulder, elbow and wrist placed from the body's collar as the
+    donor's sit from its collar, in the chest's frame. The chest and collars stay the body's."""
+    body_frame = rigid_group_frames(body, CHEST_GROUP)  # (T, 3, 3), columns x, y, z
+    donor_frame = rigid_group_frames(donor, CHEST_GROUP)
+    spliced = body.copy()
+    for name in ("left", "right") if side == "both" else (side,):
+        arm, collar = list(ARMS[name]), [COLLARS[name]]
+        local = np.einsum("tij,tki->tkj", donor_frame, donor[:, arm] - donor[:, collar])
+        spliced[:, arm] = body[:, collar] + np.einsum("tij,tkj->tki", body_frame, local)
+    return spliced
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Ranges of the joint-space augmentations ``WindowDataset`` draws from.
+
+    ``probability``: share of training windows augmented (the rest are the stored features);
+    ``speed``: (slowest, fastest) playback factor, drawn log-uniformly; ``lean_degrees``:
+    (back, forward) upper-body lean, drawn uniformly; ``arm_swap``: probability that an
+    augmented window takes the arms (left, right or both) of another random window.
+    """
+
+    probability: float = 0.5
+    speed: tuple[float, float] = (0.75, 1.33)
+    lean_degrees: tuple[float, float] = (-10.0, 30.0)
+    arm_swap: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0 or not 0.0 <= self.arm_swap <= 1.0:
+            raise ValueError("augment: probability and arm_swap must lie in [0, 1]")
+        if not 0.0 < self.speed[0] <= self.speed[1]:
+            raise ValueError(f"augment.speed: need 0 < slowest <= fastest, got {self.speed}")
+        if self.lean_degrees[0] > self.lean_degrees[1]:
+            raise ValueError(f"augment.lean_degrees: need back <= forward, got {self.lean_degrees}")
+
+    def draw_speed(self, joints_frames: int, crop: int) -> float:
+        """A playback factor for ``crop`` feature rows from a clip of ``joints_frames`` frames
+        (capped so the clip is long enough)."""
+        low, high = np.log(self.speed[0]), np.log(self.speed[1])
+        factor = float(np.exp(low + (high - low) * torch.rand(()).item()))
+        return min(factor, (joints_frames - 1) / crop)
+
+    def draw_lean(self) -> float:
+        back, forward = self.lean_degrees
+        return back + (forward - back) * torch.rand(()).item()

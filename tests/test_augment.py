@@ -1,0 +1,172 @@
+"""Joint-space augmentation (speed, lean, arm swaps) on the HumanML3D reference clips, and
+the training windows it feeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from parttok import augment as A
+from parttok import data as D
+from parttok.features import FEATURE_DIM, features_to_joints, joints_to_features
+from parttok.skeleton import TARGET_BONE_LENGTHS, bone_lengths, rigid_group_frames
+
+CLIPS = ["000000", "007005", "012314", "M010655"]
+LOWER_BODY = [j for j in range(22) if j not in A.UPPER_BODY]
+
+
+@pytest.fixture(scope="module")
+def folder(humanml3d_dir):
+    return D.HumanML3DFolder(humanml3d_dir)
+
+
+@pytest.fixture(scope="module")
+def walk(folder):
+    return folder.joints("000000").astype(np.float64)  # (T, 22, 3)
+
+
+@pytest.fixture(scope="module")
+def serve(folder):
+    return folder.joints("012314").astype(np.float64)
+
+
+def test_upper_body_is_spine1_and_everything_above():
+    assert A.UPPER_BODY == (3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
+
+
+def test_change_speed_resamples_positions(walk):
+    np.testing.assert_array_equal(A.change_speed(walk, 1.0, 30, start=5), walk[5:35])
+    np.testing.assert_array_equal(A.change_speed(walk, 2.0, 10), walk[0:20:2])
+    half = A.change_speed(walk, 0.5, 5, start=10)  # (5, 22, 3): frames 10, 10.5, ... 12
+    np.testing.assert_allclose(half[1], (walk[10] + walk[11]) / 2)
+    np.testing.assert_array_equal(half[4], walk[12])
+    assert A.change_speed(walk, 1.5, 11, start=len(walk) - 16).shape == (11, 22, 3)
+    with pytest.raises(ValueError, match="need more than"):
+        A.change_speed(walk, 2.0, len(walk) // 2 + 2)
+
+
+def test_faster_playback_covers_the_same_path_in_fewer_frames(walk):
+    def path_length(joints):  # metres the root travels, from the features' root velocity
+        return np.linalg.norm(joints_to_features(joints)[:, 1:3], axis=-1).sum()
+
+    fast = A.change_speed(walk, 1.5, 61)  # source frames 0 .. 90
+    assert path_length(fast) == pytest.approx(path_length(walk[:91]), rel=0.03)
+    assert path_length(walk[:61]) < 0.9 * path_length(fast)  # (this walker slows down)
+
+
+def test_lean_bends_the_upper_body_forward_at_the_pelvis(walk):
+    leaned = A.lean(walk, 30.0)
+    np.testing.assert_allclose(bone_lengths(leaned), bone_lengths(walk), atol=1e-9)
+    np.testing.assert_array_equal(leaned[:, LOWER_BODY], walk[:, LOWER_BODY])
+    np.testing.assert_allclose(A.lean(walk, 0.0), walk, atol=1e-12)
+    # in the pelvis group's frame (z forward) the head moves forward and down
+    frames = rigid_group_frames(walk, 0)  # (T, 3, 3), columns x, y, z
+
+    def head_local(joints):
+        return np.einsum("tij,ti->tj", frames, joints[:, 15] - joints[:, 0])
+
+    before, after = head_local(walk), head_local(leaned)
+    assert (after[:, 2] - before[:, 2]).mean() > 0.2  # ~0.55 m * sin 30 degrees
+    assert (after[:, 1] < before[:, 1]).all()
+    back = head_local(A.lean(walk, -10.0))
+    assert (back[:, 2] < before[:, 2]).all()
+    np.testing.assert_allclose(A.lean(leaned, -30.0), walk, atol=1e-9)
+
+
+def test_splice_arms_moves_the_donors_arms_onto_the_body(walk, serve):
+    frames = min(len(walk), len(serve))
+    body, donor = walk[:frames], serve[:frames]
+    np.testing.assert_allclose(A.splice_arms(body, body), body, atol=1e-9)
+    for side in ("left", "right", "both"):
+        names = ("left", "right") if side == "both" else (side,)
+        arm = [j for name in names for j in A.ARMS[name]]
+        collars = [A.COLLARS[name] for name in names for _ in A.ARMS[name]]
+        spliced = A.splice_arms(body, donor, side)
+        kept = [j for j in range(22) if j not in arm]
+        np.testing.assert_array_equal(spliced[:, kept], body[:, kept])
+        # bones are kept (all clips share HumanML3D's lengths up to float32 rounding)
+        np.testing.assert_allclose(bone_lengths(spliced), bone_lengths(body), atol=1e-5)
+
+        # each arm hangs from the body's collar, in the body's chest frame, as the donor's does
+        def collar_local(joints, arm=arm, collars=collars):
+            frame = rigid_group_frames(joints, A.CHEST_GROUP)
+            return np.einsum("tij,tki->tkj", frame, joints[:, arm] - joints[:, collars])
+
+        np.testing.assert_allclose(collar_local(spliced), collar_local(donor), atol=1e-9)
+        assert np.abs(collar_local(spliced) - collar_local(body)).max() > 0.2  # it did move
+        np.testing.assert_array_equal(
+            rigid_group_frames(spliced, A.CHEST_GROUP), rigid_group_frames(body, A.CHEST_GROUP)
+        )
+
+
+def test_augmentation_checks_its_ranges():
+    with pytest.raises(ValueError, match="probability"):
+        A.Augmentation(probability=1.5)
+    with pytest.raises(ValueError, match="speed"):
+        A.Augmentation(speed=(1.5, 0.5))
+    with pytest.raises(ValueError, match="lean"):
+        A.Augmentation(lean_degrees=(20.0, -20.0))
+    augmentation = A.Augmentation(speed=(0.5, 2.0))
+    torch.manual_seed(0)
+    speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
+    assert 0.5 <= min(speeds) < 0.7 and 1.5 < max(speeds) <= 2.0
+    assert augmentation.draw_speed(100, 64) <= 99 / 64  # capped to fit the clip
+    leans = [augmentation.draw_lean() for _ in range(200)]
+    assert -10.0 <= min(leans) < -5.0 and 25.0 < max(leans) <= 30.0
+
+
+def _windows(folder, augmentation, items=64):
+    clips = [folder.features(i) for i in CLIPS]
+    joints = [folder.joints(i) for i in CLIPS]
+    dataset = D.WindowDataset(
+        clips, folder.mean, folder.std, window=32, joints=joints, augment=augmentation
+    )
+    torch.manual_seed(0)
+    return dataset, [dataset[i % len(dataset)] for i in range(items)]
+
+
+def test_windows_without_augmentation_are_the_stored_features(folder):
+    dataset, items = _windows(folder, A.Augmentation(probability=0.0))
+    stored = (dataset.frames - dataset.mean) / dataset.std  # (frames, 263)
+    for item in items:
+        window = item["features"].numpy()  # (32, 263)
+        matches = np.abs(stored[:, None] - window[None, :1]).max(-1).min() if len(window) else 1
+        assert matches < 1e-6
+
+
+def test_augmented_windows_are_valid_motion_features(folder):
+    augmentation = A.Augmentation(probability=1.0, arm_swap=1.0)
+    dataset, items = _windows(folder, augmentation)
+    stored = (dataset.frames - dataset.mean) / dataset.std
+    new = 0
+    for item in items:
+        assert item["features"].shape == (32, FEATURE_DIM) and bool(item["mask"].all())
+        raw = item["features"].numpy() * dataset.std + dataset.mean  # (32, 263)
+        # the features rebuild a skeleton with HumanML3D's bones, whatever was done to it
+        lengths = bone_lengths(features_to_joints(raw.astype(np.float64)))
+        np.testing.assert_allclose(lengths, np.broadcast_to(TARGET_BONE_LENGTHS, lengths.shape),
+                                   atol=1e-4)  # fmt: skip
+        assert np.isfinite(raw).all() and set(np.unique(raw[:, -4:])) <= {0.0, 1.0}
+        first = item["features"].numpy()[0]
+        new += np.abs(stored - first).max(-1).min() > 1e-3
+    assert new >= 0.9 * len(items)  # (a speed near 1, no lean, the same arms: rare)
+
+
+def test_datamodule_keeps_augmentation_as_plain_numbers(humanml3d_dir):
+    module = D.MotionDataModule([str(humanml3d_dir)], augment=A.Augmentation(arm_swap=0.5),
+                                train_split="all", window=32)  # fmt: skip
+    assert module.hparams.augment == {
+        "probability": 0.5, "speed": (0.75, 1.33), "lean_degrees": (-10.0, 30.0), "arm_swap": 0.5
+    }  # fmt: skip
+    from_yaml = D.MotionDataModule([str(humanml3d_dir)], augment={"probability": 1.0},
+                                   train_split="all", window=32)  # fmt: skip
+    assert from_yaml.augment == A.Augmentation(probability=1.0)
+    from_yaml.setup()
+    batch = next(iter(from_yaml.train_dataloader()))
+    assert batch["features"].shape[1:] == (32, FEATURE_DIM)
+    with pytest.raises(TypeError):
+        D.MotionDataModule([str(humanml3d_dir)], augment={"speeds": (1, 2)})
+    with pytest.raises(ValueError, match="joints"):
+        D.WindowDataset([np.zeros((40, FEATURE_DIM), np.float32)], np.zeros(FEATURE_DIM),
+                        np.ones(FEATURE_DIM), augment=A.Augmentation())  # fmt: skip
