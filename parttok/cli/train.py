@@ -64,12 +64,14 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lightning_cli(argv: list[str]) -> int:
     """Fit a TokenizerModule on a MotionDataModule, configured by YAML and flags."""
-    ParttokCLI(
-        TokenizerModule,
-        MotionDataModule,
-        args=["fit", *argv],
-        save_config_kwargs={"overwrite": True},
-    )
+    # LightningCLI reads the command line from sys.argv (given ``args`` as well, it warns
+    # that they clash): it sees ``parttok train fit ARGS`` while it parses.
+    command_line = sys.argv
+    sys.argv = [f"{Path(command_line[0]).name} train", "fit", *argv]
+    try:
+        ParttokCLI(TokenizerModule, MotionDataModule, save_config_kwargs={"overwrite": True})
+    finally:
+        sys.argv = command_line
     return 0
 
 
