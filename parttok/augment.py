@@ -4,6 +4,8 @@ motions it has, then turned into features by the reference pipeline.
 - ``change_speed``: play a clip faster or slower (positions resampled in time).
 - ``lean``: bend the upper body forward or back at the pelvis (Bandai Namco's actors walk
   upright; HumanML3D's lean into their actions).
+- ``turn``: the whole motion turning on the spot or along its path (the training data's
+  facing rarely turns faster than 2 degrees a frame; HumanML3D's clips reach 6 and more).
 - ``splice_arms``: one motion's arms on another's body (a wave on a walk), so that no part's
   code can rely on what the other parts are doing.
 
@@ -72,6 +74,38 @@ def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
     return leaned
 
 
+def turn(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """(T, 22, 3), (T,) -> (T, 22, 3): frame t's pose turned ``degrees[t]`` further about the
+    vertical (positive: to the left, counter-clockwise seen from above) about its pelvis,
+    and each step of the pelvis's path with it (the path bends as the body turns)."""
+    angles = np.radians(np.asarray(degrees, dtype=np.float64))  # (T,)
+    cos, sin, zero, one = (
+        np.cos(angles),
+        np.sin(angles),
+        np.zeros_like(angles),
+        np.ones_like(angles),
+    )
+    yaw = np.stack(
+        (
+            np.stack((cos, zero, sin), -1),
+            np.stack((zero, one, zero), -1),
+            np.stack((-sin, zero, cos), -1),
+        ),
+        axis=-2,
+    )  # fmt: skip  (T, 3, 3): rotations about +Y
+    pelvis = joints[:, PELVIS]  # (T, 3)
+    steps = np.einsum("tij,tj->ti", yaw[:-1], pelvis[1:] - pelvis[:-1])  # (T-1, 3)
+    path = pelvis[0] + np.concatenate((np.zeros((1, 3)), np.cumsum(steps, axis=0)))  # (T, 3)
+    return path[:, None] + np.einsum("tij,tkj->tki", yaw, joints - pelvis[:, None])
+
+
+def turn_profile(frames: int, degrees: float, start: float, duration: float) -> np.ndarray:
+    """(frames,) added yaw of one turn: 0 before ``start``, ``degrees`` after ``start +
+    duration``, a smoothstep between."""
+    x = np.clip((np.arange(frames) - start) / max(duration, 1e-6), 0.0, 1.0)
+    return degrees * x * x * (3.0 - 2.0 * x)
+
+
 def splice_arms(body: np.ndarray, donor: np.ndarray, side: str = "both") -> np.ndarray:
     """(T, 22, 3) x2 -> (T, 22, 3): ``body`` with the ``donor``'s arms (``side`` "left",
     "right" or "both"): shoulder, elbow and wrist placed from the body's collar as the
@@ -92,13 +126,17 @@ class Augmentation:
 
     ``probability``: share of training windows augmented (the rest are the stored features);
     ``speed``: (slowest, fastest) playback factor, drawn log-uniformly; ``lean_degrees``:
-    (back, forward) upper-body lean, drawn uniformly; ``arm_swap``: probability that an
-    augmented window takes the arms (left, right or both) of another random window.
+    (back, forward) upper-body lean, drawn uniformly; ``turn_degrees``: the largest added
+    turn, drawn uniformly either way, made over ``turn_frames`` (shortest, longest) frames
+    starting anywhere in the window; ``arm_swap``: probability that an augmented window takes
+    the arms (left, right or both) of another random window.
     """
 
     probability: float = 0.5
     speed: tuple[float, float] = (0.75, 1.33)
     lean_degrees: tuple[float, float] = (-10.0, 30.0)
+    turn_degrees: float = 180.0
+    turn_frames: tuple[float, float] = (10.0, 40.0)
     arm_swap: float = 0.3
 
     def __post_init__(self) -> None:
@@ -108,6 +146,8 @@ class Augmentation:
             raise ValueError(f"augment.speed: need 0 < slowest <= fastest, got {self.speed}")
         if self.lean_degrees[0] > self.lean_degrees[1]:
             raise ValueError(f"augment.lean_degrees: need back <= forward, got {self.lean_degrees}")
+        if self.turn_degrees < 0.0 or not 0.0 < self.turn_frames[0] <= self.turn_frames[1]:
+            raise ValueError("augment: need turn_degrees >= 0 and 0 < shortest <= longest turn")
 
     def draw_speed(self, joints_frames: int, crop: int) -> float:
         """A playback factor for ``crop`` feature rows from a clip of ``joints_frames`` frames
@@ -119,3 +159,11 @@ class Augmentation:
     def draw_lean(self) -> float:
         back, forward = self.lean_degrees
         return back + (forward - back) * torch.rand(()).item()
+
+    def draw_turn(self, frames: int) -> np.ndarray:
+        """(frames,) added yaw in degrees: one turn of random size, length and start."""
+        degrees = self.turn_degrees * (2.0 * torch.rand(()).item() - 1.0)
+        shortest, longest = self.turn_frames
+        duration = shortest + (longest - shortest) * torch.rand(()).item()
+        start = (frames - duration / 2) * torch.rand(()).item() - duration / 2
+        return turn_profile(frames, degrees, start, duration)

@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from parttok.augment import Augmentation, change_speed, lean, splice_arms
+from parttok.augment import Augmentation, change_speed, lean, splice_arms, turn
 from parttok.cli.common import process_batch
 from parttok.errors import FeatureError, InputError
 from parttok.features import (
@@ -399,7 +399,7 @@ class WindowDataset(Dataset):
     is drawn uniformly from the multiples of 4 in [min_window, window] (then padded to
     ``window``). With ``mirror`` half the items are mirrored left/right. With ``augment``
     (and each clip's (T, 22, 3) ``joints``) a share of the items are made in joint space,
-    played at another speed, leaned and given another window's arms (see
+    played at another speed, leaned, turned and given another window's arms (see
     ``parttok.augment``), then turned into features. Clips shorter than 4 frames are
     dropped. Randomness comes from torch, so DataLoader workers differ.
     """
@@ -477,7 +477,7 @@ class WindowDataset(Dataset):
         speed = augment.draw_speed(len(joints), crop + 1)
         start = (len(joints) - 1 - speed * (crop + 1)) * torch.rand(()).item()
         window = change_speed(joints, speed, crop + 2, start)  # (crop + 2, 22, 3)
-        window = lean(window, augment.draw_lean())
+        window = turn(lean(window, augment.draw_lean()), augment.draw_turn(len(window)))
         if torch.rand(()).item() < augment.arm_swap:
             donor = int(torch.randint(0, len(self.joint_lengths), ()).item())
             donor_joints = self._clip_joints(donor)
@@ -562,7 +562,7 @@ class MotionDataModule(pl.LightningDataModule):
 
     Training: random ``window``-frame crops of the ``train_split`` clips (see
     ``WindowDataset``; ``min_window`` for random lengths, ``mirror`` for left/right
-    augmentation, ``augment`` for speed, lean and arm swaps made from the clips' joints),
+    augmentation, ``augment`` for speed, lean, turn and arm swaps made from the clips' joints),
     batches ``{"features": (B, window, 263), "mask": (B, window)}``.
     Validation/test: the ``val_split``/``test_split`` clips whole (``EvalDataset``: at least
     ``val_min_length`` frames, longer clips split into ``val_max_length`` segments), padded

@@ -74,6 +74,39 @@ def test_lean_bends_the_upper_body_forward_at_the_pelvis(walk):
     np.testing.assert_allclose(A.lean(leaned, -30.0), walk, atol=1e-9)
 
 
+def test_turn_profile_is_one_smooth_turn():
+    profile = A.turn_profile(50, 90.0, start=10.0, duration=20.0)
+    assert (profile[:11] == 0).all() and (profile[30:] == 90.0).all()
+    assert (np.diff(profile) >= 0).all() and profile[20] == pytest.approx(45.0)
+    assert np.diff(profile).max() == pytest.approx(1.5 * 90.0 / 20.0, rel=0.02)  # smoothstep
+
+
+def test_turn_turns_poses_and_path_together(walk):
+    frames = len(walk)
+    degrees = A.turn_profile(frames, 120.0, start=30.0, duration=20.0)
+    turned = A.turn(walk, degrees)
+    np.testing.assert_allclose(bone_lengths(turned), bone_lengths(walk), atol=1e-9)
+    np.testing.assert_allclose(turned[:31], walk[:31], atol=1e-12)  # before the turn
+    np.testing.assert_allclose(turned[..., 1], walk[..., 1], atol=1e-12)  # heights kept
+
+    # each pose turned about its pelvis: the hips' direction turns by the profile
+    def heading(joints):
+        hips = joints[:, 1] - joints[:, 2]
+        return np.degrees(np.unwrap(np.arctan2(-hips[:, 2], hips[:, 0])))
+
+    np.testing.assert_allclose(heading(turned) - heading(walk), degrees, atol=1e-6)
+    # each step of the path turned too: steps keep their length and turn with the body
+    steps, turned_steps = np.diff(walk[:, 0], axis=0), np.diff(turned[:, 0], axis=0)
+    np.testing.assert_allclose(np.linalg.norm(turned_steps, axis=-1),
+                               np.linalg.norm(steps, axis=-1), atol=1e-12)  # fmt: skip
+    # in the features: the facing turns by the same total, poses and speed stay the same
+    before, after = joints_to_features(walk), joints_to_features(turned)
+    total = np.degrees(2 * (after[:, 0] - before[:, 0]).sum())  # first row: from frame 0
+    assert abs(total) == pytest.approx(120.0, abs=2.0)
+    np.testing.assert_allclose(np.linalg.norm(after[:, 1:3], axis=-1),
+                               np.linalg.norm(before[:, 1:3], axis=-1), atol=0.01)  # fmt: skip
+
+
 def test_splice_arms_moves_the_donors_arms_onto_the_body(walk, serve):
     frames = min(len(walk), len(serve))
     body, donor = walk[:frames], serve[:frames]
@@ -107,6 +140,8 @@ def test_augmentation_checks_its_ranges():
         A.Augmentation(speed=(1.5, 0.5))
     with pytest.raises(ValueError, match="lean"):
         A.Augmentation(lean_degrees=(20.0, -20.0))
+    with pytest.raises(ValueError, match="turn"):
+        A.Augmentation(turn_frames=(0.0, 10.0))
     augmentation = A.Augmentation(speed=(0.5, 2.0))
     torch.manual_seed(0)
     speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
@@ -114,6 +149,11 @@ def test_augmentation_checks_its_ranges():
     assert augmentation.draw_speed(100, 64) <= 99 / 64  # capped to fit the clip
     leans = [augmentation.draw_lean() for _ in range(200)]
     assert -10.0 <= min(leans) < -5.0 and 25.0 < max(leans) <= 30.0
+    turns = np.stack([augmentation.draw_turn(66) for _ in range(200)])  # (200, 66)
+    assert np.abs(turns).max() <= 180.0 and (turns[:, 0] == 0).mean() > 0.5
+    assert (turns.max(1) > 90).any() and (turns.min(1) < -90).any()
+    rates = np.abs(np.diff(turns, axis=1)).max(1)
+    assert rates.max() <= 1.5 * 180.0 / 10.0 + 1e-9
 
 
 def _windows(folder, augmentation, items=64):
@@ -157,7 +197,8 @@ def test_datamodule_keeps_augmentation_as_plain_numbers(humanml3d_dir):
     module = D.MotionDataModule([str(humanml3d_dir)], augment=A.Augmentation(arm_swap=0.5),
                                 train_split="all", window=32)  # fmt: skip
     assert module.hparams.augment == {
-        "probability": 0.5, "speed": (0.75, 1.33), "lean_degrees": (-10.0, 30.0), "arm_swap": 0.5
+        "probability": 0.5, "speed": (0.75, 1.33), "lean_degrees": (-10.0, 30.0),
+        "turn_degrees": 180.0, "turn_frames": (10.0, 40.0), "arm_swap": 0.5,
     }  # fmt: skip
     from_yaml = D.MotionDataModule([str(humanml3d_dir)], augment={"probability": 1.0},
                                    train_split="all", window=32)  # fmt: skip

@@ -1,14 +1,16 @@
-"""Ablate the shipped model's data recipe: CMU oversampling and left/right mirroring.
+"""Ablate the shipped model's data recipe: joint-space augmentation, CMU oversampling and
+left/right mirroring.
 
     python tools/prepare_data.py                              # once
-    python tools/recipe.py --steps 1706                       # train the three variants
+    python tools/recipe.py --steps 1706                       # train the four variants
+    python tools/recipe.py --steps 1706 --only no_mirroring   # (re)train some of them
     python tools/recipe.py --steps 1706 --evaluate-only       # measure trained runs again
 
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
-other load do not change the result, only the time): "both" is cpu.yaml as shipped (the CMU
-folders listed three times, mirroring on), "no mirroring" turns mirroring off, "no
-oversampling" lists each folder once. Measured as tools/release.py measures the shipped
-model. Writes the "## Training data recipe" section of BENCHMARKS.md.
+other load do not change the result, only the time): "shipped" is cpu.yaml as it is (the CMU
+folders listed three times, mirroring and augmentation on), each other variant turns one of
+them off. Measured as tools/release.py measures the shipped model. Writes the "## Training
+data recipe" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from release import evaluation_sets, measure, train  # noqa: E402 (tools/ is not
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Training data recipe"
 VARIANTS = {
-    "both": ("CMU oversampled 3x + mirroring (the shipped recipe)", ()),
-    "no_mirroring": ("CMU oversampled 3x, no mirroring", ("--data.mirror", "false")),
+    "shipped": ("the shipped recipe: CMU oversampled 3x, mirroring, augmentation", ()),
+    "no_augmentation": ("no augmentation", ("--data.augment", "null")),
+    "no_mirroring": ("no mirroring", ("--data.mirror", "false")),
     "no_oversampling": (
-        "each folder once + mirroring",
+        "no oversampling (each folder once)",
         ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
     ),
 }
@@ -47,12 +50,17 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--evaluate-only", action="store_true", help="measure existing runs")
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, help="train only these variants")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
-        for name, (_, extra) in VARIANTS.items():
+        for name in args.only or VARIANTS:
+            extra = VARIANTS[name][1]
             print(f"training {name} for {args.steps} steps", flush=True)
             train(args.out / name, args.minutes, args.steps, extra)
+    missing = [name for name in VARIANTS if not (args.out / name / "tokenizer").is_dir()]
+    if missing:
+        raise SystemExit(f"not trained yet: {', '.join(missing)} (train with --only {missing[0]})")
     torch.set_num_threads(os.cpu_count() or 1)
     sets = evaluation_sets(args.data, args.shared)
     lines = [
