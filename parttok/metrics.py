@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parttok.features import features_to_joints
+from parttok.features import RIC, ROOT_HEIGHT, features_to_joints
 
 # Joint groups used to report per-part error for every model (the six-part default).
 REPORT_PARTS = {
@@ -43,6 +43,15 @@ def procrustes_align(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return scale[:, None, None] * np.einsum("fji,fik->fjk", p, rotation) + mu_t
 
 
+def facing_frame_joints(features: np.ndarray) -> np.ndarray:
+    """(T, 263) -> (T, 22, 3): each frame's joints relative to its pelvis in its own facing
+    frame (the ric slice), so no error in the integrated facing carries over to later frames."""
+    ric = features[:, RIC].reshape(len(features), -1, 3)  # (T, 21, 3), root at (0, height, 0)
+    root = np.zeros((len(features), 1, 3))
+    root[:, 0, 1] = features[:, ROOT_HEIGHT.start]
+    return np.concatenate((root, ric), axis=1) - root
+
+
 def acceleration_error(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per-frame mean L2 error of joint accelerations (F-2,), in units per frame squared."""
     accel_p = predicted[2:] - 2 * predicted[1:-1] + predicted[:-2]
@@ -58,10 +67,14 @@ def clip_metrics(predicted_features: np.ndarray, target_features: np.ndarray) ->
     aligned = procrustes_align(pelvis_aligned(predicted), pelvis_aligned(target))
     pa_errors = np.linalg.norm(aligned - pelvis_aligned(target), axis=-1) * 1000
     accel = acceleration_error(predicted, target) * 1000 if len(target) > 2 else np.zeros(0)
+    facing_errors = np.linalg.norm(
+        facing_frame_joints(predicted_features) - facing_frame_joints(target_features), axis=-1
+    )  # (F, 22) m
     return {
         "frames": int(len(target)),
         "mpjpe_sum": float(errors.mean(-1).sum()),
         "pa_mpjpe_sum": float(pa_errors.mean(-1).sum()),
+        "facing_mpjpe_sum": float(1000 * facing_errors.mean(-1).sum()),
         "part_sums": {
             name: float(errors[:, joints].mean(-1).sum()) for name, joints in REPORT_PARTS.items()
         },
@@ -79,6 +92,7 @@ def summarize(rows: list[dict]) -> dict:
         "frames": frames,
         "mpjpe_mm": sum(r["mpjpe_sum"] for r in rows) / max(frames, 1),
         "pa_mpjpe_mm": sum(r["pa_mpjpe_sum"] for r in rows) / max(frames, 1),
+        "facing_mpjpe_mm": sum(r["facing_mpjpe_sum"] for r in rows) / max(frames, 1),
         "per_part_mpjpe_mm": {
             name: sum(r["part_sums"][name] for r in rows) / max(frames, 1) for name in REPORT_PARTS
         },

@@ -9,6 +9,7 @@ from parttok.metrics import (
     acceleration_error,
     clip_metrics,
     codebook_statistics,
+    facing_frame_joints,
     joint_errors,
     procrustes_align,
     summarize,
@@ -41,6 +42,20 @@ def test_pelvis_aligned_error_ignores_translation_and_counts_millimetres(humanml
     assert abs(metrics["mpjpe_mm"] - expected) < 0.01
     assert metrics["per_part_mpjpe_mm"]["root"] < 1e-6
     assert metrics["pa_mpjpe_mm"] < metrics["mpjpe_mm"]
+
+
+def test_facing_frame_error_leaves_out_the_drift_of_the_facing(humanml3d_dir):
+    vecs = np.load(humanml3d_dir / "new_joint_vecs" / "012314.npy")
+    first = features_to_joints(vecs)[0]  # frame 0 faces +Z: its facing frame is the world's
+    np.testing.assert_allclose(facing_frame_joints(vecs)[0], first - first[0], atol=1e-5)
+    turned = vecs.copy()
+    turned[10, 0] += 0.3  # one frame turns 0.6 rad too far: every later frame faces wrong
+    metrics = summarize([clip_metrics(turned, vecs)])
+    assert metrics["mpjpe_mm"] > 100 and metrics["facing_mpjpe_mm"] < 1e-6
+    posed = vecs.copy()
+    posed[:, 4:67] += 0.01  # a pose error shows in both
+    metrics = summarize([clip_metrics(posed, vecs)])
+    assert abs(metrics["facing_mpjpe_mm"] - metrics["mpjpe_mm"]) < 0.01
 
 
 def test_summary_weights_every_frame_once(humanml3d_dir):

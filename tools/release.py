@@ -82,7 +82,8 @@ def score(results: dict) -> float:
 def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
     rows = "\n".join(
         f"| {name} | {r['clips']} | {r['frames']} | {r['mpjpe_mm']:.1f} | {r['pa_mpjpe_mm']:.1f} | "
-        f"{r['accel_error']:.2f} | {sum(r['usage'].values()) / len(r['usage']):.0%} |"
+        f"{r['facing_mpjpe_mm']:.1f} | {r['accel_error']:.2f} | "
+        f"{sum(r['usage'].values()) / len(r['usage']):.0%} |"
         for name, r in results.items()
     )
     parts = results["humanml3d"]["per_part_mpjpe_mm"]
@@ -114,11 +115,12 @@ unpickled.
   optimiser steps; trained {training["date"]}.
 
 ## Measured (`python tools/release.py --run {training["run"]}`)
-Clips never trained on; MPJPE pelvis-aligned in mm, every frame counted once; usage = share
-of each part's codebook used on that set.
+Clips never trained on; MPJPE pelvis-aligned in mm, every frame counted once; "facing" =
+MPJPE with each frame in its own facing frame (without the drift of the facing that the
+root's turning speed integrates to); usage = share of each part's codebook used on that set.
 
-| set | clips | frames | MPJPE | PA-MPJPE | accel (mm/frame^2) | codebook usage |
-|---|---|---|---|---|---|---|
+| set | clips | frames | MPJPE | PA-MPJPE | facing | accel (mm/frame^2) | codebook usage |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 Per-part MPJPE on the HumanML3D clips (mm): {", ".join(f"{k} {v:.1f}" for k, v in parts.items())}.
