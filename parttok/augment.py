@@ -2,15 +2,15 @@
 motions it has, then turned into features by the reference pipeline.
 
 - ``change_speed``: play a clip faster or slower (positions resampled in time).
-- ``lean``: bend the upper body forward or back at the pelvis (Bandai Namco's actors walk
-  upright; HumanML3D's lean into their actions).
+- ``lean``: bend the spine forward or back at spine1 (Bandai Namco's actors walk upright;
+  HumanML3D's lean into their actions).
 - ``turn``: the whole motion turning on the spot or along its path (the training data's
   facing rarely turns faster than 2 degrees a frame; HumanML3D's clips reach 6 and more).
 - ``splice_arms``: one motion's arms on another's body (a wave on a walk), so that no part's
   code can rely on what the other parts are doing.
 
-``Augmentation`` holds the ranges and ``Augmentation.apply`` draws one of each with torch's
-random generator (so DataLoader workers differ); ``WindowDataset`` calls it.
+``Augmentation`` holds the ranges and draws from them with torch's random generator (so
+DataLoader workers differ); ``WindowDataset`` applies them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from parttok.skeleton import NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
 
-LEFT_HIP, RIGHT_HIP, PELVIS = 1, 2, 0
+PELVIS, LEFT_HIP, RIGHT_HIP, SPINE1 = 0, 1, 2, 3
 # Each arm hangs from its collar, which is rigid on the chest (SMPL's spine3 places it).
 COLLARS = {"left": 13, "right": 14}
 ARMS = {"left": (16, 18, 20), "right": (17, 19, 21)}  # shoulder, elbow, wrist
@@ -38,7 +38,9 @@ def _descendants(joint: int) -> tuple[int, ...]:
     return tuple(below)
 
 
-UPPER_BODY = _descendants(3)  # spine1 and everything above it
+# Everything above spine1: bending there keeps SMPL's two rigid groups (pelvis with hips and
+# spine1; spine3 with collars and neck) rigid.
+UPPER_BODY = _descendants(6)
 
 
 def change_speed(joints: np.ndarray, factor: float, frames: int, start: float = 0.0) -> np.ndarray:
@@ -46,7 +48,7 @@ def change_speed(joints: np.ndarray, factor: float, frames: int, start: float = 
     frame ``start`` (linear interpolation of positions; needs start + factor * (frames - 1)
     <= T - 1)."""
     times = start + factor * np.arange(frames)  # (frames,) in source frames
-    if times[-1] > len(joints) - 1 + 1e-6:
+    if start < 0 or times[-1] > len(joints) - 1 + 1e-6:
         raise ValueError(f"{frames} frames at speed {factor:g} need more than {len(joints)}")
     before = np.minimum(np.floor(times).astype(np.int64), len(joints) - 1)
     after = np.minimum(before + 1, len(joints) - 1)
@@ -54,23 +56,27 @@ def change_speed(joints: np.ndarray, factor: float, frames: int, start: float = 
     return (1.0 - weight) * joints[before] + weight * joints[after]
 
 
-def _rotate_about(vectors: np.ndarray, axes: np.ndarray, angle: float) -> np.ndarray:
-    """Rodrigues: (T, J, 3) vectors turned by ``angle`` radians about unit (T, 3) axes."""
+def _rotate_about(vectors: np.ndarray, axes: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Rodrigues: (T, J, 3) vectors turned by (T,) ``angles`` radians about unit (T, 3) axes."""
     axes = axes[:, None]  # (T, 1, 3)
-    cos, sin = np.cos(angle), np.sin(angle)
+    cos, sin = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
     along = (vectors * axes).sum(-1, keepdims=True) * axes
     return vectors * cos + np.cross(axes, vectors) * sin + along * (1.0 - cos)
 
 
 def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
-    """(T, 22, 3) -> (T, 22, 3): the upper body (spine1 up) turned ``degrees`` forward (negative:
-    back) about the pelvis, around each frame's horizontal hip axis."""
-    hips = joints[:, LEFT_HIP] - joints[:, RIGHT_HIP]  # (T, 3), points left
-    axes = unit_vectors(hips * np.array([1.0, 0.0, 1.0]))  # horizontal: a lean, not a twist
-    pelvis = joints[:, PELVIS : PELVIS + 1]  # (T, 1, 3)
+    """(T, 22, 3) -> (T, 22, 3): the spine above spine1 turned ``degrees`` forward (negative:
+    back) about spine1, around each frame's horizontal hip axis. Frames whose hip axis is
+    nearly vertical (lying on one side) keep their pose."""
+    hips = (joints[:, LEFT_HIP] - joints[:, RIGHT_HIP]) * np.array([1.0, 0.0, 1.0])  # (T, 3)
+    width = np.linalg.norm(joints[:, LEFT_HIP] - joints[:, RIGHT_HIP], axis=-1)
+    level = np.linalg.norm(hips, axis=-1) > 0.5 * width  # (T,): a lean, not a twist
+    angles = np.where(level, np.radians(degrees), 0.0)
+    axes = unit_vectors(np.where(level[:, None], hips, [1.0, 0.0, 0.0]))  # (T, 3), to the left
+    pivot = joints[:, SPINE1 : SPINE1 + 1]  # (T, 1, 3)
     leaned = joints.copy()
     upper = list(UPPER_BODY)
-    leaned[:, upper] = pelvis + _rotate_about(joints[:, upper] - pelvis, axes, np.radians(degrees))
+    leaned[:, upper] = pivot + _rotate_about(joints[:, upper] - pivot, axes, angles)
     return leaned
 
 
@@ -126,9 +132,9 @@ class Augmentation:
 
     ``probability``: share of training windows augmented (the rest are the stored features);
     ``speed``: (slowest, fastest) playback factor, drawn log-uniformly; ``lean_degrees``:
-    (back, forward) upper-body lean, drawn uniformly; ``turn_degrees``: the largest added
-    turn, drawn uniformly either way, made over ``turn_frames`` (shortest, longest) frames
-    starting anywhere in the window; ``arm_swap``: probability that an augmented window takes
+    (back, forward) spine lean, drawn uniformly; ``turn_degrees``: the largest added turn,
+    drawn uniformly either way, made over ``turn_frames`` (shortest, longest) frames with its
+    middle anywhere in the window; ``arm_swap``: probability that an augmented window takes
     the arms (left, right or both) of another random window.
     """
 
@@ -149,21 +155,23 @@ class Augmentation:
         if self.turn_degrees < 0.0 or not 0.0 < self.turn_frames[0] <= self.turn_frames[1]:
             raise ValueError("augment: need turn_degrees >= 0 and 0 < shortest <= longest turn")
 
-    def draw_speed(self, joints_frames: int, crop: int) -> float:
-        """A playback factor for ``crop`` feature rows from a clip of ``joints_frames`` frames
-        (capped so the clip is long enough)."""
+    def draw_speed(self, joints_frames: int, steps: int) -> float:
+        """A playback factor for ``steps`` frame steps from a clip of ``joints_frames`` frames
+        (capped so that the clip is long enough)."""
         low, high = np.log(self.speed[0]), np.log(self.speed[1])
         factor = float(np.exp(low + (high - low) * torch.rand(()).item()))
-        return min(factor, (joints_frames - 1) / crop)
+        return min(factor, (joints_frames - 1) / steps)
 
     def draw_lean(self) -> float:
+        """A lean in degrees (positive: forward)."""
         back, forward = self.lean_degrees
         return back + (forward - back) * torch.rand(()).item()
 
-    def draw_turn(self, frames: int) -> np.ndarray:
-        """(frames,) added yaw in degrees: one turn of random size, length and start."""
+    def draw_turn(self, frames: int, first: int, count: int) -> np.ndarray:
+        """(frames,) added yaw in degrees: one turn of random size and length whose middle
+        falls in frames [first, first + count)."""
         degrees = self.turn_degrees * (2.0 * torch.rand(()).item() - 1.0)
         shortest, longest = self.turn_frames
         duration = shortest + (longest - shortest) * torch.rand(()).item()
-        start = (frames - duration / 2) * torch.rand(()).item() - duration / 2
+        start = first + count * torch.rand(()).item() - duration / 2
         return turn_profile(frames, degrees, start, duration)

@@ -378,6 +378,11 @@ def mirror_joints(joints: np.ndarray) -> np.ndarray:
 # Training windows and evaluation clips
 
 
+# Frames each side of an augmented window that are changed with it and cut after the
+# features are made: three times the reference's facing smoothing (sigma 20 frames).
+AUGMENT_CONTEXT = 60
+
+
 def _concatenate(arrays: list[np.ndarray], row_shape: tuple[int, ...]) -> np.ndarray:
     """Arrays stacked along their first axis as float32 (an empty (0, *row_shape) for none)."""
     if not arrays:
@@ -449,7 +454,7 @@ class WindowDataset(Dataset):
         crop = min(FRAMES_PER_STEP * steps, int(self.lengths[clip]))
         offset = torch.randint(0, int(self.lengths[clip]) - crop + 1, ()).item()
         augment = self.augment is not None and torch.rand(()).item() < self.augment.probability
-        if augment and self.joint_lengths[clip] > crop + 1:
+        if augment and self.joint_lengths[clip] > crop:
             frames = self._augmented(clip, crop)
         else:
             first = self.starts[clip] + offset
@@ -467,26 +472,32 @@ class WindowDataset(Dataset):
 
     def _augmented(self, clip: int, crop: int) -> np.ndarray:
         """(crop, 263) raw features of an augmented window of ``clip`` (its joints have more
-        than ``crop + 1`` frames).
+        than ``crop`` frames).
 
-        The window keeps one frame before its first row: the reference pipeline's first
-        row turns from an unsmoothed to a smoothed facing, a jump only a clip's start has.
+        Up to ``AUGMENT_CONTEXT`` frames each side go through the same changes and into the
+        features (the reference pipeline smooths the facing over about 60 frames and puts the
+        floor and the first facing per clip), then are cut away.
         """
         augment = self.augment
         joints = self._clip_joints(clip).astype(np.float64)
-        speed = augment.draw_speed(len(joints), crop + 1)
-        start = (len(joints) - 1 - speed * (crop + 1)) * torch.rand(()).item()
-        window = change_speed(joints, speed, crop + 2, start)  # (crop + 2, 22, 3)
-        window = turn(lean(window, augment.draw_lean()), augment.draw_turn(len(window)))
+        last = len(joints) - 1
+        speed = augment.draw_speed(len(joints), crop)
+        start = float(int((last - speed * crop) * torch.rand(()).item()))  # a whole frame
+        before = min(AUGMENT_CONTEXT, int(start / speed))
+        after = min(AUGMENT_CONTEXT, int((last - start - speed * crop) / speed))
+        frames = before + crop + 1 + after
+        window = change_speed(joints, speed, frames, start - before * speed)  # (frames, 22, 3)
+        window = lean(window, augment.draw_lean())
+        window = turn(window, augment.draw_turn(frames, before, crop))
         if torch.rand(()).item() < augment.arm_swap:
             donor = int(torch.randint(0, len(self.joint_lengths), ()).item())
             donor_joints = self._clip_joints(donor)
-            if len(donor_joints) >= len(window):
-                first = int(torch.randint(0, len(donor_joints) - len(window) + 1, ()).item())
+            if len(donor_joints) >= frames:
+                first = int(torch.randint(0, len(donor_joints) - frames + 1, ()).item())
                 side = ("left", "right", "both")[int(torch.randint(0, 3, ()).item())]
-                donated = donor_joints[first : first + len(window)].astype(np.float64)
+                donated = donor_joints[first : first + frames].astype(np.float64)
                 window = splice_arms(window, donated, side)
-        return joints_to_features(window)[1:]  # (crop, 263)
+        return joints_to_features(window)[before : before + crop]  # (crop, 263)
 
 
 class EvalDataset(Dataset):
