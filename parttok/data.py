@@ -21,7 +21,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,8 @@ from parttok.skeleton import MIRROR_PERMUTATION, NUM_JOINTS
 # and a converted folder written under another version is converted again.
 FEATURE_VERSION = "2"
 FEATURE_VERSION_FILE = "feature_version.txt"
+# While a folder holds clips of an older feature version: the ids already converted again.
+CONVERTED_AGAIN_FILE = "converted_again.txt"
 FRAMES_PER_STEP = 4  # the tokenizers downsample time by 4: lengths are cut to multiples
 SPLITS = {"train": 80, "val": 10, "test": 10}  # percent of clips, by a hash of the id
 
@@ -861,15 +863,24 @@ def convert_sources(
     ``Mean.npy``/``Std.npy`` over every clip in it. Clips whose outputs exist are skipped
     unless ``force`` or the folder was written by an import of another ``FEATURE_VERSION``
     (``feature_version.txt``); a bad file is reported and left out, never stopping the rest.
-    The folder is marked with this version once none of its clips is from another one
-    (clips of sources this call did not name are listed in ``report.stale``).
+    The folder is marked with this version once none of its clips is from another one; until
+    then ``converted_again.txt`` lists the clips already converted again (over as many calls
+    as it takes), and ``report.stale`` the clips still from the older import.
     """
     out = Path(out)
-    marker = out / FEATURE_VERSION_FILE
+    marker, again_file = out / FEATURE_VERSION_FILE, out / CONVERTED_AGAIN_FILE
     written = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
     stale = (out / "new_joint_vecs").is_dir() and written != FEATURE_VERSION
     older = {path.stem for path in (out / "new_joint_vecs").glob("*.npy")} if stale else set()
-    tasks = plan_conversion(sources, out, rig, force or stale)
+    again = (
+        set(again_file.read_text(encoding="utf-8").split())
+        if stale and again_file.is_file()
+        else set()
+    )
+    tasks = [
+        replace(task, force=True) if task.clip_id in older - again else task
+        for task in plan_conversion(sources, out, rig, force)
+    ]
     if any(task.path.suffix.lower() != ".npy" for task in tasks):
         import parttok.bvh  # noqa: F401  (imported once here, not in every worker)
     done, failed = process_batch(
@@ -882,9 +893,13 @@ def convert_sources(
         if task.captions:
             _write_if_changed(out / "texts" / f"{task.clip_id}.txt", "\n".join(task.captions))
     out.mkdir(parents=True, exist_ok=True)
-    report.stale = sorted(older - set(report.converted))
-    if not report.stale:
+    again |= set(report.converted)
+    report.stale = sorted(older - again)
+    if report.stale:
+        _write_if_changed(again_file, "".join(f"{clip_id}\n" for clip_id in sorted(again)))
+    else:
         _write_if_changed(marker, FEATURE_VERSION)
+        again_file.unlink(missing_ok=True)
     report.total_clips = write_index(out, refresh_statistics=bool(report.converted))
     return report
 

@@ -122,9 +122,13 @@ def test_bvh_with_labels_resume_and_force(labelled_sources, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "converted 1 clip(s)" in err and "3 clip(s) in" in err and "older import" in err
     assert (out / "feature_version.txt").read_text().strip() == "1"
-    assert main(arguments) == 0  # all of them: the folder is current again
-    assert "older import" not in capsys.readouterr().err
+    assert (out / "converted_again.txt").read_text().split() == [Path(arguments[1]).stem]
+    assert main(["convert", *arguments[2:]]) == 0  # the other three, in another call
+    err = capsys.readouterr().err
+    assert "converted 3 clip(s)" in err and "older import" not in err
     assert (out / "feature_version.txt").read_text().strip() == D.FEATURE_VERSION
+    assert not (out / "converted_again.txt").exists()
+    assert main(arguments) == 0 and "converted 0 clip(s)" in capsys.readouterr().err
 
 
 def test_bad_files_are_reported_and_the_rest_converted(bandai_dir, tmp_path, capsys):

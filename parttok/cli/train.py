@@ -35,6 +35,12 @@ class ParttokCLI(LightningCLI):
             compute_fn=lambda root: str(Path(root or ".") / "checkpoints"),
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        """Parse ``args``: ``parttok train`` passes its own arguments, so the ``parttok`` command
+        line in ``sys.argv`` is not a clash (LightningCLI would warn). ``sys.argv`` stays as
+        it is: Lightning's DDP launcher starts the other processes from it."""
+        self.config = parser.parse_args(args)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if config.trainer.logger in (None, True):
@@ -64,14 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lightning_cli(argv: list[str]) -> int:
     """Fit a TokenizerModule on a MotionDataModule, configured by YAML and flags."""
-    # LightningCLI reads the command line from sys.argv (given ``args`` as well, it warns
-    # that they clash): it sees ``parttok train fit ARGS`` while it parses.
-    command_line = sys.argv
-    sys.argv = [f"{Path(command_line[0]).name} train", "fit", *argv]
-    try:
-        ParttokCLI(TokenizerModule, MotionDataModule, save_config_kwargs={"overwrite": True})
-    finally:
-        sys.argv = command_line
+    ParttokCLI(
+        TokenizerModule,
+        MotionDataModule,
+        args=["fit", *argv],
+        save_config_kwargs={"overwrite": True},
+    )
     return 0
 
 
