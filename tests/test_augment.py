@@ -1,5 +1,5 @@
-"""Joint-space augmentation (speed, lean, arm swaps) on the HumanML3D reference clips, and
-the training windows it feeds."""
+"""Joint-space augmentation (speed, lean, turn, arm swaps) on the HumanML3D reference clips,
+and the training windows it feeds."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import torch
 
 from parttok import augment as A
 from parttok import data as D
-from parttok.features import FEATURE_DIM, features_to_joints, joints_to_features
-from parttok.skeleton import TARGET_BONE_LENGTHS, bone_lengths, rigid_group_frames
+from parttok.features import FEATURE_DIM, ROT6D, features_to_joints, joints_to_features
+from parttok.skeleton import (
+    TARGET_BONE_LENGTHS,
+    bone_lengths,
+    rigid_group_directions,
+    rigid_group_frames,
+)
 
 CLIPS = ["000000", "007005", "012314", "M010655"]
 LOWER_BODY = [j for j in range(22) if j not in A.UPPER_BODY]
@@ -31,8 +36,8 @@ def serve(folder):
     return folder.joints("012314").astype(np.float64)
 
 
-def test_upper_body_is_spine1_and_everything_above():
-    assert A.UPPER_BODY == (3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
+def test_upper_body_is_everything_above_spine1():
+    assert A.UPPER_BODY == (6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
 
 
 def test_change_speed_resamples_positions(walk):
@@ -55,11 +60,15 @@ def test_faster_playback_covers_the_same_path_in_fewer_frames(walk):
     assert path_length(walk[:61]) < 0.9 * path_length(fast)  # (this walker slows down)
 
 
-def test_lean_bends_the_upper_body_forward_at_the_pelvis(walk):
+def test_lean_bends_the_spine_forward_at_spine1(walk):
     leaned = A.lean(walk, 30.0)
     np.testing.assert_allclose(bone_lengths(leaned), bone_lengths(walk), atol=1e-9)
     np.testing.assert_array_equal(leaned[:, LOWER_BODY], walk[:, LOWER_BODY])
     np.testing.assert_allclose(A.lean(walk, 0.0), walk, atol=1e-12)
+    # both rigid groups keep their shape
+    for group in (0, 1):
+        np.testing.assert_allclose(rigid_group_directions(leaned, group),
+                                   rigid_group_directions(walk, group), atol=1e-9)  # fmt: skip
     # in the pelvis group's frame (z forward) the head moves forward and down
     frames = rigid_group_frames(walk, 0)  # (T, 3, 3), columns x, y, z
 
@@ -67,11 +76,14 @@ def test_lean_bends_the_upper_body_forward_at_the_pelvis(walk):
         return np.einsum("tij,ti->tj", frames, joints[:, 15] - joints[:, 0])
 
     before, after = head_local(walk), head_local(leaned)
-    assert (after[:, 2] - before[:, 2]).mean() > 0.2  # ~0.55 m * sin 30 degrees
+    assert (after[:, 2] - before[:, 2]).mean() > 0.15  # ~0.45 m * sin 30 degrees
     assert (after[:, 1] < before[:, 1]).all()
     back = head_local(A.lean(walk, -10.0))
     assert (back[:, 2] < before[:, 2]).all()
     np.testing.assert_allclose(A.lean(leaned, -30.0), walk, atol=1e-9)
+    lying = walk.copy()
+    lying[:, 1, 1] += 0.5  # the left hip far above the right: no horizontal hip axis
+    np.testing.assert_array_equal(A.lean(lying, 30.0), lying)
 
 
 def test_turn_profile_is_one_smooth_turn():
@@ -95,6 +107,10 @@ def test_turn_turns_poses_and_path_together(walk):
         return np.degrees(np.unwrap(np.arctan2(-hips[:, 2], hips[:, 0])))
 
     np.testing.assert_allclose(heading(turned) - heading(walk), degrees, atol=1e-6)
+    # positive turns to the left: the facing (+Z at rest, left at +X) swings towards +X
+    forward = np.cross(turned[-1, 1] - turned[-1, 2], [0.0, 1.0, 0.0])
+    walk_forward = np.cross(walk[-1, 1] - walk[-1, 2], [0.0, 1.0, 0.0])
+    assert np.cross(walk_forward, forward)[1] > 0  # counter-clockwise seen from above
     # each step of the path turned too: steps keep their length and turn with the body
     steps, turned_steps = np.diff(walk[:, 0], axis=0), np.diff(turned[:, 0], axis=0)
     np.testing.assert_allclose(np.linalg.norm(turned_steps, axis=-1),
@@ -102,7 +118,7 @@ def test_turn_turns_poses_and_path_together(walk):
     # in the features: the facing turns by the same total, poses and speed stay the same
     before, after = joints_to_features(walk), joints_to_features(turned)
     total = np.degrees(2 * (after[:, 0] - before[:, 0]).sum())  # first row: from frame 0
-    assert abs(total) == pytest.approx(120.0, abs=2.0)
+    assert -total == pytest.approx(120.0, abs=2.0)  # the format counts a left turn negative
     np.testing.assert_allclose(np.linalg.norm(after[:, 1:3], axis=-1),
                                np.linalg.norm(before[:, 1:3], axis=-1), atol=0.01)  # fmt: skip
 
@@ -149,11 +165,14 @@ def test_augmentation_checks_its_ranges():
     assert augmentation.draw_speed(100, 64) <= 99 / 64  # capped to fit the clip
     leans = [augmentation.draw_lean() for _ in range(200)]
     assert -10.0 <= min(leans) < -5.0 and 25.0 < max(leans) <= 30.0
-    turns = np.stack([augmentation.draw_turn(66) for _ in range(200)])  # (200, 66)
-    assert np.abs(turns).max() <= 180.0 and (turns[:, 0] == 0).mean() > 0.5
+    turns = np.stack([augmentation.draw_turn(186, 60, 66) for _ in range(200)])  # (200, 186)
+    assert np.abs(turns).max() <= 180.0 and (turns[:, :40] == 0).all()
     assert (turns.max(1) > 90).any() and (turns.min(1) < -90).any()
-    rates = np.abs(np.diff(turns, axis=1)).max(1)
+    rates = np.abs(np.diff(turns, axis=1))  # (200, 185) degrees per frame
     assert rates.max() <= 1.5 * 180.0 / 10.0 + 1e-9
+    middles = np.abs(turns - turns[:, -1:] / 2).argmin(1)  # where half the turn is made
+    big = np.abs(turns[:, -1]) > 20
+    assert (middles[big] >= 59).all() and (middles[big] <= 126).all()
 
 
 def _windows(folder, augmentation, items=64):
@@ -171,8 +190,43 @@ def test_windows_without_augmentation_are_the_stored_features(folder):
     stored = (dataset.frames - dataset.mean) / dataset.std  # (frames, 263)
     for item in items:
         window = item["features"].numpy()  # (32, 263)
-        matches = np.abs(stored[:, None] - window[None, :1]).max(-1).min() if len(window) else 1
-        assert matches < 1e-6
+        assert np.abs(stored[:, None] - window[None, :1]).max(-1).min() < 1e-6
+
+
+def test_an_augmentation_that_changes_nothing_gives_the_stored_rows(folder):
+    """With its context frames an augmented window is made as the whole clip's rows were."""
+    unchanged = A.Augmentation(probability=1.0, speed=(1.0, 1.0), lean_degrees=(0.0, 0.0),
+                               turn_degrees=0.0, arm_swap=0.0)  # fmt: skip
+    clips = [folder.features("007005")]  # 199 rows
+    dataset = D.WindowDataset(clips, folder.mean, folder.std, window=32,
+                              joints=[folder.joints("007005")], augment=unchanged)  # fmt: skip
+    starts = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        window = dataset._augmented(0, 32)  # (32, 263)
+        torch.manual_seed(seed)
+        torch.rand(())  # the speed's draw
+        first = int((len(clips[0]) - 1 - 32) * torch.rand(()).item())  # joints: as many frames
+        error = np.abs(window - clips[0][first : first + 32]) / folder.std  # (32, 263)
+        # the reference's 6D rotations depend on where a clip starts facing (shortest arcs in
+        # world axes): equal when the window's context starts where the clip does
+        columns = np.ones(FEATURE_DIM, dtype=bool)
+        columns[ROT6D] = first <= D.AUGMENT_CONTEXT
+        assert error[:, columns].max() < 0.05, (seed, first)
+        starts.add(first <= D.AUGMENT_CONTEXT)
+    assert starts == {True, False}
+
+
+def test_dataloader_workers_draw_different_windows(folder):
+    clip = [folder.features("007005")]
+    dataset = D.WindowDataset(clip * 2, folder.mean, folder.std, window=32,
+                              joints=[folder.joints("007005")] * 2,
+                              augment=A.Augmentation(probability=1.0))  # fmt: skip
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    torch.manual_seed(0)
+    batches = iter(loader)  # worker 0 makes the first batch, worker 1 the second
+    first, second = next(batches)["features"], next(batches)["features"]
+    assert not torch.allclose(first, second)
 
 
 def test_augmented_windows_are_valid_motion_features(folder):
