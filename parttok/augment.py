@@ -98,7 +98,7 @@ def turn(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
             np.stack((-sin, zero, cos), -1),
         ),
         axis=-2,
-    )  # fmt: skip  (T, 3, 3): rotations about +Y
+    )  # (T, 3, 3): rotations about +Y
     pelvis = joints[:, PELVIS]  # (T, 3)
     steps = np.einsum("tij,tj->ti", yaw[:-1], pelvis[1:] - pelvis[:-1])  # (T-1, 3)
     path = pelvis[0] + np.concatenate((np.zeros((1, 3)), np.cumsum(steps, axis=0)))  # (T, 3)
