@@ -10,7 +10,7 @@ Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thre
 other load do not change the result, only the time): "shipped" is cpu.yaml as it is (the CMU
 folders listed three times, mirroring and augmentation on), each other variant turns one of
 them off. Measured as tools/release.py measures the shipped model. Writes the "## Training
-data recipe" section of BENCHMARKS.md.
+data recipe, N steps" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import evaluation_sets, measure, train  # noqa: E402 (tools/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
-SECTION = "## Training data recipe"
 VARIANTS = {
     "shipped": ("the shipped recipe: CMU oversampled 3x, mirroring, augmentation", ()),
     "no_augmentation": ("no augmentation", ("--data.augment", "null")),
@@ -62,11 +61,12 @@ def main() -> int:
     if not trained:
         raise SystemExit(f"no variant trained in {args.out}: train them first")
     torch.set_num_threads(os.cpu_count() or 1)
+    out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
     sets = evaluation_sets(args.data, args.shared)
     lines = [
-        SECTION,
+        f"## Training data recipe, {args.steps} steps",
         "",
-        f"Command: `python tools/recipe.py --steps {args.steps}` (after `python "
+        f"Command: `python tools/recipe.py --steps {args.steps} --out {out}` (after `python "
         f"tools/prepare_data.py`). {machine_description()}, no GPU; "
         f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
         "steps of configs/cpu.yaml and differs only in its data; measured as the model card "
