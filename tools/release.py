@@ -115,7 +115,7 @@ unpickled.
 - Reproduce (runs `parttok train --config configs/cpu.yaml`):
   `python tools/prepare_data.py && {training["command"]}`.
 - Compute: {training["seconds"] / 60:.0f} minutes on {training["machine"]}, {training["steps"]}
-  optimiser steps; trained {training["date"]}.
+  optimiser steps; trained {training["date"]}{f" ({training['note']})" if training["note"] else ""}.
 
 ## Measured (`python tools/release.py --run {training["run"]}`)
 Clips never trained on; MPJPE pelvis-aligned in mm, every frame counted once; "facing" =
@@ -157,6 +157,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--force", action="store_true", help="release even if not better")
+    parser.add_argument("--note", default="", help="how the run was trained, for the card")
     args = parser.parse_args()
     seconds = None
     if args.train:
@@ -184,6 +185,7 @@ def main() -> int:
         "steps": config["training"].get("global_step"),
         "machine": f"{machine_description()}, no GPU",
         "date": datetime.date.today().isoformat(),
+        "note": args.note,
         "run": args.run.relative_to(REPO) if args.run.is_relative_to(REPO) else args.run,
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
