@@ -131,7 +131,8 @@ Per clip (mm): {", ".join(f"{k} {v:.1f}" for k, v in clips.items()) or "not kept
 In each frame's own facing frame the HumanML3D error is
 {results["humanml3d"]["facing_mpjpe_mm"]:.1f} mm: the rest is the facing drifting as the root's
 turning speed is integrated (HumanML3D's smoothed facing turns up to 28 degrees in one frame in
-the tennis serve 012314; the training data rarely turns faster than 2).
+the tennis serve 012314; the training clips rarely turn faster than 2, and the `turn`
+augmentation adds such turns).
 The HumanML3D clips are AMASS motion from other performers, skeletons and capture systems,
 and actions the training data lacks: there the error is several times the in-distribution
 error, so the model does not yet generalise beyond the kind of motion it trained on (about
