@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from parttok.rotations import axis_angle_matrix, qrot
 from parttok.skeleton import NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
 
 PELVIS, LEFT_HIP, RIGHT_HIP, SPINE1 = 0, 1, 2, 3
@@ -56,14 +57,6 @@ def change_speed(joints: np.ndarray, factor: float, frames: int, start: float = 
     return (1.0 - weight) * joints[before] + weight * joints[after]
 
 
-def _rotate_about(vectors: np.ndarray, axes: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """Rodrigues: (T, J, 3) vectors turned by (T,) ``angles`` radians about unit (T, 3) axes."""
-    axes = axes[:, None]  # (T, 1, 3)
-    cos, sin = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
-    along = (vectors * axes).sum(-1, keepdims=True) * axes
-    return vectors * cos + np.cross(axes, vectors) * sin + along * (1.0 - cos)
-
-
 def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
     """(T, 22, 3) -> (T, 22, 3): the spine above spine1 turned ``degrees`` forward (negative:
     back) about spine1, around each frame's horizontal hip axis. Frames whose hip axis is
@@ -76,7 +69,10 @@ def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
     pivot = joints[:, SPINE1 : SPINE1 + 1]  # (T, 1, 3)
     leaned = joints.copy()
     upper = list(UPPER_BODY)
-    leaned[:, upper] = pivot + _rotate_about(joints[:, upper] - pivot, axes, angles)
+    half = torch.from_numpy(angles / 2)[:, None]  # (T, 1)
+    spin = torch.cat((half.cos(), half.sin() * torch.from_numpy(axes)), dim=-1)  # (T, 4)
+    offsets = torch.from_numpy(joints[:, upper] - pivot)  # (T, U, 3)
+    leaned[:, upper] = pivot + qrot(spin[:, None], offsets).numpy()
     return leaned
 
 
@@ -85,20 +81,7 @@ def turn(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
     vertical (positive: to the left, counter-clockwise seen from above) about its pelvis,
     and each step of the pelvis's path with it (the path bends as the body turns)."""
     angles = np.radians(np.asarray(degrees, dtype=np.float64))  # (T,)
-    cos, sin, zero, one = (
-        np.cos(angles),
-        np.sin(angles),
-        np.zeros_like(angles),
-        np.ones_like(angles),
-    )
-    yaw = np.stack(
-        (
-            np.stack((cos, zero, sin), -1),
-            np.stack((zero, one, zero), -1),
-            np.stack((-sin, zero, cos), -1),
-        ),
-        axis=-2,
-    )  # (T, 3, 3): rotations about +Y
+    yaw = axis_angle_matrix("Y", torch.from_numpy(angles)).numpy()  # (T, 3, 3)
     pelvis = joints[:, PELVIS]  # (T, 3)
     steps = np.einsum("tij,tj->ti", yaw[:-1], pelvis[1:] - pelvis[:-1])  # (T-1, 3)
     path = pelvis[0] + np.concatenate((np.zeros((1, 3)), np.cumsum(steps, axis=0)))  # (T, 3)

@@ -14,7 +14,7 @@ import numpy as np
 
 from parttok.baselines import is_whole_body
 from parttok.errors import InputError
-from parttok.features import RIC, ROOT_HEIGHT
+from parttok.features import facing_frame_joints
 from parttok.skeleton import NUM_JOINTS, PARENTS
 from parttok.tokenizer import Tokenizer
 
@@ -61,10 +61,7 @@ def compose_codes(base: np.ndarray, donor: np.ndarray, columns: Sequence[int]) -
 def local_positions(features: np.ndarray, joints: Sequence[int], anchor: int) -> np.ndarray:
     """(T, 263) features -> (T, J, 3) positions of ``joints`` relative to joint ``anchor``,
     in the body's facing frame (the features' root-relative positions)."""
-    steps = len(features)
-    positions = np.zeros((steps, NUM_JOINTS, 3))
-    positions[:, 0, 1] = features[:, ROOT_HEIGHT.start]
-    positions[:, 1:] = features[:, RIC].reshape(steps, NUM_JOINTS - 1, 3)
+    positions = facing_frame_joints(features)  # (T, 22, 3)
     return positions[:, list(joints)] - positions[:, [anchor]]
 
 

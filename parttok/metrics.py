@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parttok.features import RIC, ROOT_HEIGHT, features_to_joints
+from parttok.features import facing_frame_joints, features_to_joints
 
 # Joint groups used to report per-part error for every model (the six-part default).
 REPORT_PARTS = {
@@ -41,15 +41,6 @@ def procrustes_align(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     rotation = np.einsum("fij,fjk->fik", u, vt)  # p @ rotation ~ t
     scale = s.sum(-1) / np.square(p).sum(axis=(-2, -1)).clip(1e-12)
     return scale[:, None, None] * np.einsum("fji,fik->fjk", p, rotation) + mu_t
-
-
-def facing_frame_joints(features: np.ndarray) -> np.ndarray:
-    """(T, 263) -> (T, 22, 3): each frame's joints relative to its pelvis in its own facing
-    frame (the ric slice), so no error in the integrated facing carries over to later frames."""
-    ric = features[:, RIC].reshape(len(features), -1, 3)  # (T, 21, 3), root at (0, height, 0)
-    root = np.zeros((len(features), 1, 3))
-    root[:, 0, 1] = features[:, ROOT_HEIGHT.start]
-    return np.concatenate((root, ric), axis=1) - root
 
 
 def acceleration_error(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from parttok.features import features_to_joints
+from parttok.features import facing_frame_joints, features_to_joints
 from parttok.metrics import (
     acceleration_error,
     clip_metrics,
     codebook_statistics,
-    facing_frame_joints,
     joint_errors,
     procrustes_align,
     summarize,
