@@ -667,11 +667,11 @@ class MotionDataModule(pl.LightningDataModule):
             self.mean, self.std = self.folders[0].mean, self.folders[0].std
         else:
             self.mean, self.std = compute_statistics(train_clips)
-        augment = self.augment
-        joints = self.joints(hp.train_split) if augment is not None else None
+        joints = self.joints(hp.train_split) if self.augment is not None else None
         self.train_dataset = WindowDataset(
-            train_clips, self.mean, self.std, hp.window, hp.min_window, hp.mirror, joints, augment
-        )
+            train_clips, self.mean, self.std, hp.window, hp.min_window, hp.mirror, joints,
+            self.augment,
+        )  # fmt: skip
         if not len(self.train_dataset):
             raise InputError(f"no {hp.train_split!r} clip has {FRAMES_PER_STEP} frames or more")
 

@@ -2,15 +2,16 @@
 left/right mirroring.
 
     python tools/prepare_data.py                              # once
-    python tools/recipe.py --steps 1706                       # train the four variants
-    python tools/recipe.py --steps 1706 --only no_mirroring   # (re)train some of them
-    python tools/recipe.py --steps 1706 --evaluate-only       # measure trained runs again
+    python tools/recipe.py --steps 3000                       # train the four variants
+    python tools/recipe.py --steps 3000 --only no_mirroring   # (re)train some of them
+    python tools/recipe.py --steps 3000 --evaluate-only       # measure trained runs again
 
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
 other load do not change the result, only the time): "shipped" is cpu.yaml as it is (the CMU
 folders listed three times, mirroring and augmentation on), each other variant turns one of
-them off. Measured as tools/release.py measures the shipped model. Writes the "## Training
-data recipe, N steps" section of BENCHMARKS.md.
+them off. Runs go to runs/recipe<steps>/<variant>, one folder per step count. Measured as
+tools/release.py measures the shipped model. Writes the "## Training data recipe, N steps"
+section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -43,14 +44,15 @@ VARIANTS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1706, help="optimiser steps per variant")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per variant")
     parser.add_argument("--minutes", type=float, default=60, help="wall-clock cap per variant")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "recipe")
+    parser.add_argument("--out", type=Path, help="default: runs/recipe<steps>")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--evaluate-only", action="store_true", help="measure existing runs")
     parser.add_argument("--only", nargs="+", choices=VARIANTS, help="train only these variants")
     args = parser.parse_args()
+    args.out = args.out or REPO / "runs" / f"recipe{args.steps}"
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
         for name in args.only or VARIANTS:
