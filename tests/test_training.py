@@ -72,6 +72,7 @@ def test_fast_dev_run_trains_and_exports_a_loadable_tokenizer(converted, tmp_pat
         (["--config", str(REPO / "configs" / "pose.yaml")], 6),
         (["--config", str(REPO / "configs" / "continuous.yaml")], 6),
         (["--config", str(REPO / "configs" / "five_parts.yaml")], 5),
+        (["--config", str(REPO / "configs" / "cpu.yaml")], 6),  # with its augmentation
     ],
 )
 def test_every_config_trains_in_the_same_harness(converted, tmp_path, overrides, parts):
@@ -85,6 +86,22 @@ def test_every_config_trains_in_the_same_harness(converted, tmp_path, overrides,
     clip = max((np.load(p) for p in (converted / "new_joint_vecs").glob("*.npy")), key=len)[:40]
     reconstruction = tokenizer.reconstruct(clip)
     assert reconstruction.shape == (40, 263) and np.isfinite(reconstruction).all()
+
+
+def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path):
+    """cpu.yaml augments: its checkpoint holds the augmentation as plain numbers, which a
+    resume reads back (checkpoints load without unpickling code)."""
+    cpu = ["--config", str(REPO / "configs" / "cpu.yaml")]
+    small = ["--model.model.init_args.dim", "32", "--model.model.init_args.joint_dim", "16"]
+    steps = ["--trainer.max_steps", "2", "--checkpoint.every_n_train_steps", "1"]
+    assert train(converted, tmp_path, *cpu, *small, *steps) == 0
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    augment = checkpoint["datamodule_hyper_parameters"]["augment"]
+    assert augment["probability"] == 0.5 and augment["turn_degrees"] == 180.0
+    more = ["--trainer.max_steps", "3", "--ckpt_path", "last"]
+    assert train(converted, tmp_path, *cpu, *small, *more) == 0
+    training = json.loads((tmp_path / "tokenizer" / CONFIG_FILE).read_text())["training"]
+    assert training["global_step"] == 3
 
 
 def test_save_and_load_give_identical_codes(converted, tmp_path):
