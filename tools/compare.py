@@ -68,6 +68,8 @@ def train_all(names: list[str], out: Path, minutes: float, threads: int, paralle
                 "--trainer.enable_progress_bar", "false",
                 "--data.data_dirs", "[data/bandai, data/cmu]",
                 "--data.exclude", f"[{HELD_OUT}]", "--data.mirror", "false",
+                # equal wall clock on the same plain data: no step cap, no augmentation
+                "--trainer.max_steps", "-1", "--data.augment", "null",
             ]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
@@ -152,7 +154,7 @@ def markdown(results: dict, minutes: float, threads: int, parallel: int, sets: d
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
         f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
-        "CMU train splits without any 'run' clip.",
+        "CMU train splits without any 'run' clip, no mirroring, no augmentation.",
         f"In-distribution: {len(sets['in_distribution'])} Bandai Namco 2 validation clips. "
         f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
         "splits (an action never trained on), all CMU clips on the Character Creator rig, and "

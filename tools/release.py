@@ -2,8 +2,8 @@
 model card, only when it beats the model shipped now.
 
     python tools/prepare_data.py                       # once
-    python tools/release.py --train --minutes 40       # train with configs/cpu.yaml, then release
-    python tools/release.py --train --steps 3000 --minutes 55   # a fixed number of steps
+    python tools/release.py --train --minutes 55       # configs/cpu.yaml (3000 steps), then release
+    python tools/release.py --train --steps 3000 --minutes 55   # the step count made explicit
     python tools/release.py --run runs/release         # release an already trained run
 
 Measured on clips the model never trained on: the Bandai Namco 2 validation split
