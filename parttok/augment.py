@@ -8,6 +8,8 @@ motions it has, then turned into features by the reference pipeline.
   facing rarely turns faster than 2 degrees a frame; HumanML3D's clips reach 6 and more).
 - ``splice_arms``: one motion's arms on another's body (a wave on a walk), so that no part's
   code can rely on what the other parts are doing.
+- ``swing``: one limb raised and lowered again at the hip, knee or shoulder (a kick, a knee
+  lift, an arm raise: poses Bandai Namco's ten actions rarely reach).
 
 ``Augmentation`` holds the ranges and draws from them with torch's random generator (so
 DataLoader workers differ); ``WindowDataset`` applies them.
@@ -27,7 +29,19 @@ PELVIS, LEFT_HIP, RIGHT_HIP, SPINE1 = 0, 1, 2, 3
 # Each arm hangs from its collar, which is rigid on the chest (SMPL's spine3 places it).
 COLLARS = {"left": 13, "right": 14}
 ARMS = {"left": (16, 18, 20), "right": (17, 19, 21)}  # shoulder, elbow, wrist
-CHEST_GROUP = 1  # RIGID_GROUPS[1]: spine3 with both collars and the neck
+PELVIS_GROUP, CHEST_GROUP = 0, 1  # RIGID_GROUPS: pelvis with hips and spine1; spine3 with
+# both collars and the neck
+# The joints ``swing`` turns, each with the rigid group whose frame (x left, y up, z forward)
+# holds its axis, and whether it only flexes about x (a hinge) or swings about any
+# horizontal axis.
+SWING_JOINTS = {
+    "left_hip": (1, PELVIS_GROUP, False),
+    "right_hip": (2, PELVIS_GROUP, False),
+    "left_knee": (4, PELVIS_GROUP, True),
+    "right_knee": (5, PELVIS_GROUP, True),
+    "left_shoulder": (16, CHEST_GROUP, False),
+    "right_shoulder": (17, CHEST_GROUP, False),
+}
 
 
 def _descendants(joint: int) -> tuple[int, ...]:
@@ -109,6 +123,24 @@ def splice_arms(body: np.ndarray, donor: np.ndarray, side: str = "both") -> np.n
     return spliced
 
 
+def swing(
+    joints: np.ndarray, joint: int, group: int, axis: np.ndarray, degrees: np.ndarray
+) -> np.ndarray:
+    """(T, 22, 3), (3,), (T,) -> (T, 22, 3): everything below ``joint`` turned ``degrees[t]``
+    about ``joint`` around ``axis``, given in rigid group ``group``'s frame (x to the body's
+    left, y up, z forward; right-handed: about x, positive takes the legs backward)."""
+    frames = rigid_group_frames(joints, group)  # (T, 3, 3), columns x, y, z
+    axes = unit_vectors(frames @ np.asarray(axis, dtype=np.float64))  # (T, 3) in the world
+    half = torch.from_numpy(np.radians(np.asarray(degrees, dtype=np.float64)) / 2)[:, None]
+    spin = torch.cat((half.cos(), half.sin() * torch.from_numpy(axes)), dim=-1)  # (T, 4)
+    below = list(_descendants(joint)[1:])
+    pivot = joints[:, joint : joint + 1]  # (T, 1, 3)
+    swung = joints.copy()
+    offsets = torch.from_numpy(joints[:, below] - pivot)  # (T, B, 3)
+    swung[:, below] = pivot + qrot(spin[:, None], offsets).numpy()
+    return swung
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Ranges of the joint-space augmentations ``WindowDataset`` draws from.
@@ -118,7 +150,10 @@ class Augmentation:
     (back, forward) spine lean, drawn uniformly; ``turn_degrees``: the largest added turn,
     drawn uniformly either way, made over ``turn_frames`` (shortest, longest) frames with its
     middle anywhere in the window; ``arm_swap``: probability that an augmented window takes
-    the arms (left, right or both) of another random window.
+    the arms (left, right or both) of another random window; ``limb_swing``: probability that
+    an augmented window raises and lowers one limb (a hip, knee or shoulder of
+    ``SWING_JOINTS``) by up to ``swing_degrees``, over ``swing_frames`` (shortest, longest)
+    frames each way with a hold as long between.
     """
 
     probability: float = 0.5
@@ -127,16 +162,44 @@ class Augmentation:
     turn_degrees: float = 180.0
     turn_frames: tuple[float, float] = (10.0, 40.0)
     arm_swap: float = 0.3
+    limb_swing: float = 0.5
+    swing_degrees: float = 90.0
+    swing_frames: tuple[float, float] = (6.0, 20.0)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.probability <= 1.0 or not 0.0 <= self.arm_swap <= 1.0:
-            raise ValueError("augment: probability and arm_swap must lie in [0, 1]")
+        chances = (self.probability, self.arm_swap, self.limb_swing)
+        if not all(0.0 <= chance <= 1.0 for chance in chances):
+            raise ValueError("augment: probability, arm_swap and limb_swing must lie in [0, 1]")
         if not 0.0 < self.speed[0] <= self.speed[1]:
             raise ValueError(f"augment.speed: need 0 < slowest <= fastest, got {self.speed}")
         if self.lean_degrees[0] > self.lean_degrees[1]:
             raise ValueError(f"augment.lean_degrees: need back <= forward, got {self.lean_degrees}")
         if self.turn_degrees < 0.0 or not 0.0 < self.turn_frames[0] <= self.turn_frames[1]:
             raise ValueError("augment: need turn_degrees >= 0 and 0 < shortest <= longest turn")
+        if self.swing_degrees < 0.0 or not 0.0 < self.swing_frames[0] <= self.swing_frames[1]:
+            raise ValueError("augment: need swing_degrees >= 0 and 0 < shortest <= longest swing")
+
+    def describe(self) -> str:
+        """One sentence of what the augmentation does, for model cards."""
+        back, forward = self.lean_degrees
+        changes = [
+            f"played {self.speed[0]:g}-{self.speed[1]:g}x as fast",
+            f"the spine leaned {back:g} to {forward:g} degrees",
+        ]
+        if self.turn_degrees > 0:
+            changes.append(f"one turn of up to {self.turn_degrees:g} degrees")
+        if self.arm_swap > 0:
+            changes.append(f"another window's arms {self.arm_swap:.0%} of the time")
+        if self.limb_swing > 0:
+            changes.append(
+                f"a hip, knee or shoulder raised up to {self.swing_degrees:g} degrees and "
+                f"lowered again {self.limb_swing:.0%} of the time"
+            )
+        return (
+            f"{self.probability:.0%} of the training windows are made anew in joint space "
+            f"({', '.join(changes)}; `parttok.augment`) and turned into features by the "
+            "reference pipeline"
+        )
 
     def draw_speed(self, joints_frames: int, steps: int) -> float:
         """A playback factor for ``steps`` frame steps from a clip of ``joints_frames`` frames
@@ -158,3 +221,20 @@ class Augmentation:
         duration = shortest + (longest - shortest) * torch.rand(()).item()
         start = first + count * torch.rand(()).item() - duration / 2
         return turn_profile(frames, degrees, start, duration)
+
+    def draw_swing(self, frames: int, first: int, count: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """A limb of ``SWING_JOINTS``, an axis in its group's frame and (frames,) degrees: the
+        limb turned up to its angle, held, and turned back, starting in [first, first + count)."""
+        name = list(SWING_JOINTS)[int(torch.randint(0, len(SWING_JOINTS), ()).item())]
+        if SWING_JOINTS[name][2]:
+            axis = np.array([1.0, 0.0, 0.0])  # a knee flexes: the foot goes back and up
+        else:
+            heading = 2.0 * np.pi * torch.rand(()).item()  # any horizontal axis
+            axis = np.array([np.cos(heading), 0.0, np.sin(heading)])
+        degrees = self.swing_degrees * torch.rand(()).item()
+        shortest, longest = self.swing_frames
+        duration = shortest + (longest - shortest) * torch.rand(()).item()
+        hold = duration * torch.rand(()).item()
+        start = first + count * torch.rand(()).item() - duration
+        raised = turn_profile(frames, degrees, start, duration)
+        return name, axis, raised - turn_profile(frames, degrees, start + duration + hold, duration)

@@ -29,7 +29,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from parttok.augment import Augmentation, change_speed, lean, splice_arms, turn
+from parttok.augment import (
+    SWING_JOINTS,
+    Augmentation,
+    change_speed,
+    lean,
+    splice_arms,
+    swing,
+    turn,
+)
 from parttok.cli.common import process_batch
 from parttok.errors import FeatureError, InputError
 from parttok.features import (
@@ -406,7 +414,8 @@ class WindowDataset(Dataset):
     is drawn uniformly from the multiples of 4 in [min_window, window] (then padded to
     ``window``). With ``mirror`` half the items are mirrored left/right. With ``augment``
     (and each clip's (T, 22, 3) ``joints``) a share of the items are made in joint space,
-    played at another speed, leaned, turned and given another window's arms (see
+    played at another speed, leaned, turned, given another window's arms or a limb
+    raised and lowered (see
     ``parttok.augment``), then turned into features. Clips shorter than 4 frames are
     dropped. Randomness comes from torch, so DataLoader workers differ.
     """
@@ -490,6 +499,10 @@ class WindowDataset(Dataset):
         frames = before + crop + 1 + after
         window = change_speed(joints, speed, frames, start - before * speed)  # (frames, 22, 3)
         window = lean(window, augment.draw_lean())
+        if torch.rand(()).item() < augment.limb_swing:
+            name, axis, degrees = augment.draw_swing(frames, before, crop)
+            joint, group, _ = SWING_JOINTS[name]
+            window = swing(window, joint, group, axis, degrees)
         window = turn(window, augment.draw_turn(frames, before, crop))
         if torch.rand(()).item() < augment.arm_swap:
             donor = int(torch.randint(0, len(self.joint_lengths), ()).item())

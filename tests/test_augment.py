@@ -1,5 +1,5 @@
-"""Joint-space augmentation (speed, lean, turn, arm swaps) on the HumanML3D reference clips,
-and the training windows it feeds."""
+"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings) on the HumanML3D
+reference clips, and the training windows it feeds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from parttok import augment as A
 from parttok import data as D
 from parttok.features import FEATURE_DIM, ROT6D, features_to_joints, joints_to_features
+from parttok.rotations import axis_angle_matrix
 from parttok.skeleton import (
     TARGET_BONE_LENGTHS,
     bone_lengths,
@@ -149,6 +150,82 @@ def test_splice_arms_moves_the_donors_arms_onto_the_body(walk, serve):
         )
 
 
+def _pelvis_local(joints, joint):
+    """(T, 3) joint relative to the pelvis, in the pelvis group's frame (x left, y up, z
+    forward)."""
+    frames = rigid_group_frames(joints, A.PELVIS_GROUP)
+    return np.einsum("tij,ti->tj", frames, joints[:, joint] - joints[:, 0])
+
+
+def test_swing_raises_a_limb_about_its_joint(walk):
+    frames = len(walk)
+    degrees = np.full(frames, 80.0)
+    left_ankle, left_knee = 7, 4
+    # a kick: the left hip turned 80 degrees about the body's left axis (negative: forward)
+    kick = A.swing(walk, 1, A.PELVIS_GROUP, np.array([1.0, 0.0, 0.0]), -degrees)
+    np.testing.assert_allclose(bone_lengths(kick), bone_lengths(walk), atol=1e-9)
+    moved = [4, 7, 10]  # left knee, ankle, foot
+    kept = [j for j in range(22) if j not in moved]
+    np.testing.assert_array_equal(kick[:, kept], walk[:, kept])
+    for group in (0, 1):  # the rigid groups are untouched
+        np.testing.assert_allclose(rigid_group_directions(kick, group),
+                                   rigid_group_directions(walk, group), atol=1e-12)  # fmt: skip
+    # in the pelvis frame the hip-to-ankle vector turned 80 degrees about x, forward and up
+    pelvis = rigid_group_frames(walk, A.PELVIS_GROUP)
+    before, after = (np.einsum("tij,ti->tj", pelvis, joints[:, left_ankle] - joints[:, 1])
+                     for joints in (walk, kick))  # fmt: skip
+    turned = torch.from_numpy(np.radians(-degrees))
+    expected = np.einsum("tij,tj->ti", axis_angle_matrix("X", turned).numpy(), before)
+    np.testing.assert_allclose(after, expected, atol=1e-9)
+    assert (after[:, 2] - before[:, 2]).mean() > 0.5 and (after[:, 1] - before[:, 1]).mean() > 0.2
+    # about the hip: each moved joint keeps its distance from the hip
+    for joint in moved:
+        np.testing.assert_allclose(np.linalg.norm(kick[:, joint] - kick[:, 1], axis=-1),
+                                   np.linalg.norm(walk[:, joint] - walk[:, 1], axis=-1),
+                                   atol=1e-9)  # fmt: skip
+    # a knee flex (positive about x) takes the foot back and up; the knee stays
+    flex = A.swing(walk, left_knee, A.PELVIS_GROUP, np.array([1.0, 0.0, 0.0]), degrees)
+    np.testing.assert_array_equal(flex[:, left_knee], walk[:, left_knee])
+    before, after = _pelvis_local(walk, left_ankle), _pelvis_local(flex, left_ankle)
+    assert (after[:, 2] - before[:, 2]).mean() < -0.15 and (after[:, 1] - before[:, 1]).mean() > 0.1
+    # a shoulder swung about the chest's forward axis raises the arm sideways
+    arm = A.swing(walk, 16, A.CHEST_GROUP, np.array([0.0, 0.0, 1.0]), degrees)
+    chest = rigid_group_frames(walk, A.CHEST_GROUP)
+    before, after = (np.einsum("tij,ti->tj", chest, joints[:, 20] - joints[:, 16])
+                     for joints in (walk, arm))  # fmt: skip
+    assert (after[:, 0] - before[:, 0]).mean() > 0.3  # the left wrist out to the left
+    assert (arm[:, 20, 1] - walk[:, 20, 1]).mean() > 0.3  # and up
+    np.testing.assert_allclose(A.swing(walk, 17, A.CHEST_GROUP, np.array([0.0, 0.0, 1.0]),
+                                       np.zeros(frames)), walk, atol=1e-12)  # fmt: skip
+
+
+def test_draw_swing_raises_holds_and_lowers():
+    augmentation = A.Augmentation(swing_degrees=60.0, swing_frames=(6.0, 20.0))
+    torch.manual_seed(0)
+    names = set()
+    for _ in range(200):
+        name, axis, degrees = augmentation.draw_swing(186, 60, 66)  # (3,), (186,)
+        names.add(name)
+        assert abs(axis[1]) == 0.0 and np.linalg.norm(axis) == pytest.approx(1.0)
+        if A.SWING_JOINTS[name][2]:
+            np.testing.assert_array_equal(axis, [1.0, 0.0, 0.0])  # hinges only flex
+        assert degrees.min() >= 0.0 and degrees.max() <= 60.0
+        assert degrees[0] == 0.0 and degrees[-1] == 0.0  # back down by the end
+        raised = np.flatnonzero(degrees > 0)
+        if len(raised):  # one bump: up, hold, down, at most 20 + 20 + 20 frames
+            assert raised[-1] - raised[0] <= 61 and raised[-1] >= 60 - 1
+            assert np.diff(degrees).max() <= 1.5 * 60.0 / 6.0 + 1e-9
+    assert names == set(A.SWING_JOINTS)
+
+
+def test_augmentation_describes_itself_for_model_cards():
+    text = A.Augmentation().describe()
+    assert text.startswith("50% of the training windows") and "0.75-1.33x" in text
+    assert "up to 180 degrees" in text and "raised up to 90 degrees" in text
+    quiet = A.Augmentation(probability=0.25, arm_swap=0.0, limb_swing=0.0).describe()
+    assert quiet.startswith("25%") and "arms" not in quiet and "raised" not in quiet
+
+
 def test_augmentation_checks_its_ranges():
     with pytest.raises(ValueError, match="probability"):
         A.Augmentation(probability=1.5)
@@ -158,6 +235,10 @@ def test_augmentation_checks_its_ranges():
         A.Augmentation(lean_degrees=(20.0, -20.0))
     with pytest.raises(ValueError, match="turn"):
         A.Augmentation(turn_frames=(0.0, 10.0))
+    with pytest.raises(ValueError, match="limb_swing"):
+        A.Augmentation(limb_swing=-0.1)
+    with pytest.raises(ValueError, match="swing"):
+        A.Augmentation(swing_frames=(10.0, 5.0))
     augmentation = A.Augmentation(speed=(0.5, 2.0))
     torch.manual_seed(0)
     speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
@@ -196,7 +277,7 @@ def test_windows_without_augmentation_are_the_stored_features(folder):
 def test_an_augmentation_that_changes_nothing_gives_the_stored_rows(folder):
     """With its context frames an augmented window is made as the whole clip's rows were."""
     unchanged = A.Augmentation(probability=1.0, speed=(1.0, 1.0), lean_degrees=(0.0, 0.0),
-                               turn_degrees=0.0, arm_swap=0.0)  # fmt: skip
+                               turn_degrees=0.0, arm_swap=0.0, limb_swing=0.0)  # fmt: skip
     clips = [folder.features("007005")]  # 199 rows
     dataset = D.WindowDataset(clips, folder.mean, folder.std, window=32,
                               joints=[folder.joints("007005")], augment=unchanged)  # fmt: skip
@@ -253,6 +334,7 @@ def test_datamodule_keeps_augmentation_as_plain_numbers(humanml3d_dir):
     assert module.hparams.augment == {
         "probability": 0.5, "speed": (0.75, 1.33), "lean_degrees": (-10.0, 30.0),
         "turn_degrees": 180.0, "turn_frames": (10.0, 40.0), "arm_swap": 0.5,
+        "limb_swing": 0.5, "swing_degrees": 90.0, "swing_frames": (6.0, 20.0),
     }  # fmt: skip
     from_yaml = D.MotionDataModule([str(humanml3d_dir)], augment={"probability": 1.0},
                                    train_split="all", window=32)  # fmt: skip

@@ -4,6 +4,9 @@ real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md.
     python tools/prepare_data.py                   # once: data/bandai, data/cmu, data/cmu-iclone
     python tools/compare.py --minutes 20           # train all six, then evaluate
     python tools/compare.py --evaluate-only        # re-evaluate the trained runs
+    python tools/compare.py --augment --models parttok continuous t2mgpt_lr2e-4 rvq_lr2e-4
+                                                   # the same, every model with mirroring and
+                                                   # the shipped joint-space augmentation
 
 Protocol: every model trains for the same wall-clock minutes on the same data (Bandai Namco 2
 and CMU train splits without any "run" clip), ``--parallel`` runs at a time with
@@ -53,8 +56,13 @@ LABELS = {
 }
 
 
-def train_all(names: list[str], out: Path, minutes: float, threads: int, parallel: int) -> dict:
+def train_all(
+    names: list[str], out: Path, minutes: float, threads: int, parallel: int, augment: bool
+) -> dict:
     """Launch the trainings ``parallel`` at a time; return wall seconds per run."""
+    # Equal wall clock on the same data: no step cap; plain windows, or every model with
+    # mirroring and the augmentation of configs/cpu.yaml.
+    data = ["true", "{}"] if augment else ["false", "null"]
     budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     pending, running, seconds = list(names), {}, {}
     while pending or running:
@@ -67,9 +75,8 @@ def train_all(names: list[str], out: Path, minutes: float, threads: int, paralle
                 "--trainer.default_root_dir", str(out / name),
                 "--trainer.enable_progress_bar", "false",
                 "--data.data_dirs", "[data/bandai, data/cmu]",
-                "--data.exclude", f"[{HELD_OUT}]", "--data.mirror", "false",
-                # equal wall clock on the same plain data: no step cap, no augmentation
-                "--trainer.max_steps", "-1", "--data.augment", "null",
+                "--data.exclude", f"[{HELD_OUT}]", "--trainer.max_steps", "-1",
+                "--data.mirror", data[0], "--data.augment", data[1],
             ]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
@@ -145,16 +152,25 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
-def markdown(results: dict, minutes: float, threads: int, parallel: int, sets: dict) -> str:
+def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
+    minutes, threads, parallel, augment = args.minutes, args.threads, args.parallel, args.augment
+    models = "" if args.models == list(MODELS) else " --models " + " ".join(args.models)
     lines = [
-        "## Tokenizers side by side",
+        "## Tokenizers side by side" + (", trained with augmentation" if augment else ""),
         "",
         f"Command: `python tools/compare.py --minutes {minutes:g} --threads {threads} "
-        f"--parallel {parallel}` (after `python tools/prepare_data.py`).",
+        f"--parallel {parallel}{' --augment' if augment else ''}{models}` "
+        "(after `python tools/prepare_data.py`).",
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
         f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
-        "CMU train splits without any 'run' clip, no mirroring, no augmentation.",
+        "CMU train splits without any 'run' clip, "
+        + (
+            "mirrored and with configs/cpu.yaml's joint-space augmentation (parttok.augment), "
+            "made in the training process."
+            if augment
+            else "no mirroring, no augmentation."
+        ),
         f"In-distribution: {len(sets['in_distribution'])} Bandai Namco 2 validation clips. "
         f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
         "splits (an action never trained on), all CMU clips on the Character Creator rig, and "
@@ -194,20 +210,24 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
+    parser.add_argument(
+        "--augment", action="store_true", help="train every model mirrored and augmented"
+    )
+    parser.add_argument("--out", type=Path, help="default runs/compare or runs/compare_augmented")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args()
+    args.out = args.out or REPO / "runs" / ("compare_augmented" if args.augment else "compare")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
-        train_all(args.models, args.out, args.minutes, args.threads, args.parallel)
+        train_all(args.models, args.out, args.minutes, args.threads, args.parallel, args.augment)
     torch.set_num_threads(os.cpu_count() or 1)
     sets = evaluation_sets(args.data, args.shared)
     results = evaluate_runs(args.models, args.out, sets)
     write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
-    section = markdown(results, args.minutes, args.threads, args.parallel, sets)
+    section = markdown(results, args, sets)
     replace_markdown_section(args.benchmarks, section)
     print(section)
     return 0

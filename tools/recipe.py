@@ -1,17 +1,17 @@
-"""Ablate the shipped model's data recipe: joint-space augmentation, CMU oversampling and
-left/right mirroring.
+"""Ablate the shipped model's data recipe: joint-space augmentation (and its limb swings),
+CMU oversampling and left/right mirroring.
 
     python tools/prepare_data.py                              # once
-    python tools/recipe.py --steps 3000                       # train the four variants
+    python tools/recipe.py --steps 3000                       # train the five variants
     python tools/recipe.py --steps 3000 --only no_mirroring   # (re)train some of them
     python tools/recipe.py --steps 3000 --evaluate-only       # measure trained runs again
 
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
 other load do not change the result, only the time): "shipped" is cpu.yaml as it is (the CMU
 folders listed three times, mirroring and augmentation on), each other variant turns one of
-them off. Runs go to runs/recipe<steps>/<variant>, one folder per step count. Measured as
-tools/release.py measures the shipped model. Writes the "## Training data recipe, N steps"
-section of BENCHMARKS.md.
+them (or only the limb swings) off. Runs go to runs/recipe<steps>/<variant>, one folder per
+step count. Measured as tools/release.py measures the shipped model. Writes the "## Training
+data recipe, N steps" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "shipped": ("the shipped recipe: CMU oversampled 3x, mirroring, augmentation", ()),
     "no_augmentation": ("no augmentation", ("--data.augment", "null")),
+    "no_limb_swing": (
+        "augmentation without limb swings",
+        ("--data.augment", "{limb_swing: 0.0}"),
+    ),
     "no_mirroring": ("no mirroring", ("--data.mirror", "false")),
     "no_oversampling": (
         "no oversampling (each folder once)",

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from parttok.augment import Augmentation
 from parttok.data import HumanML3DFolder
 from parttok.evaluation import evaluate_clips
 from parttok.io import machine_description, write_text
@@ -50,6 +52,15 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
     with open(run.parent / f"{run.name}.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=log, check=True)
     return time.monotonic() - start
+
+
+def augmentation_text(run: Path) -> str:
+    """What the run's data augmentation did, from the configuration LightningCLI saved."""
+    saved = run / "logs" / "config.yaml"
+    if not saved.is_file():
+        raise SystemExit(f"{saved} is missing: release a run trained by parttok train")
+    augment = yaml.safe_load(saved.read_text())["data"].get("augment")
+    return "no augmentation" if augment is None else Augmentation(**augment).describe()
 
 
 def evaluation_sets(data: Path, shared: Path) -> dict[str, dict]:
@@ -105,10 +116,8 @@ unpickled.
 - Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research Motion
   Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the Character Creator
   rig (61), converted with `parttok convert` (`python tools/prepare_data.py`); the CMU folders
-  are listed three times in configs/cpu.yaml (oversampled), windows are mirrored left/right,
-  and half of them are made anew in joint space (played 0.75-1.33x as fast, the spine leaned
-  -10 to 30 degrees, one turn of up to 180 degrees, another window's arms 30% of the time;
-  `parttok.augment`) and turned into features by the reference pipeline.
+  are listed three times in configs/cpu.yaml (oversampled), windows are mirrored left/right;
+  {training["augmentation"]}.
   The BVH import gives each rig's pelvis and spine3 joint groups SMPL's shape
   (`parttok.skeleton.conform_rigid_groups`); features converted by parttok before that
   change differ from what this model saw: convert BVH again.
@@ -187,6 +196,7 @@ def main() -> int:
         "machine": f"{machine_description()}, no GPU",
         "date": datetime.date.today().isoformat(),
         "note": args.note,
+        "augmentation": augmentation_text(args.run),
         "run": args.run.relative_to(REPO) if args.run.is_relative_to(REPO) else args.run,
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
