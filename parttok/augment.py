@@ -80,14 +80,21 @@ def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
     level = np.linalg.norm(hips, axis=-1) > 0.5 * width  # (T,): a lean, not a twist
     angles = np.where(level, np.radians(degrees), 0.0)
     axes = unit_vectors(np.where(level[:, None], hips, [1.0, 0.0, 0.0]))  # (T, 3), to the left
-    pivot = joints[:, SPINE1 : SPINE1 + 1]  # (T, 1, 3)
-    leaned = joints.copy()
-    upper = list(UPPER_BODY)
-    half = torch.from_numpy(angles / 2)[:, None]  # (T, 1)
+    return _rotate_about(joints, SPINE1, UPPER_BODY, axes, angles)
+
+
+def _rotate_about(
+    joints: np.ndarray, pivot: int, moved: tuple[int, ...], axes: np.ndarray, radians: np.ndarray
+) -> np.ndarray:
+    """(T, 22, 3) -> (T, 22, 3): joints ``moved`` (below ``pivot``) turned about ``pivot`` by
+    ``radians`` (T,) around unit ``axes`` (T, 3), both in the world."""
+    half = torch.from_numpy(np.asarray(radians, dtype=np.float64) / 2)[:, None]  # (T, 1)
     spin = torch.cat((half.cos(), half.sin() * torch.from_numpy(axes)), dim=-1)  # (T, 4)
-    offsets = torch.from_numpy(joints[:, upper] - pivot)  # (T, U, 3)
-    leaned[:, upper] = pivot + qrot(spin[:, None], offsets).numpy()
-    return leaned
+    centre = joints[:, pivot : pivot + 1]  # (T, 1, 3)
+    offsets = torch.from_numpy(joints[:, list(moved)] - centre)  # (T, M, 3)
+    turned = joints.copy()
+    turned[:, list(moved)] = centre + qrot(spin[:, None], offsets).numpy()
+    return turned
 
 
 def turn(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
@@ -131,14 +138,8 @@ def swing(
     left, y up, z forward; right-handed: about x, positive takes the legs backward)."""
     frames = rigid_group_frames(joints, group)  # (T, 3, 3), columns x, y, z
     axes = unit_vectors(frames @ np.asarray(axis, dtype=np.float64))  # (T, 3) in the world
-    half = torch.from_numpy(np.radians(np.asarray(degrees, dtype=np.float64)) / 2)[:, None]
-    spin = torch.cat((half.cos(), half.sin() * torch.from_numpy(axes)), dim=-1)  # (T, 4)
-    below = list(_descendants(joint)[1:])
-    pivot = joints[:, joint : joint + 1]  # (T, 1, 3)
-    swung = joints.copy()
-    offsets = torch.from_numpy(joints[:, below] - pivot)  # (T, B, 3)
-    swung[:, below] = pivot + qrot(spin[:, None], offsets).numpy()
-    return swung
+    radians = np.radians(np.asarray(degrees, dtype=np.float64))
+    return _rotate_about(joints, joint, _descendants(joint)[1:], axes, radians)
 
 
 @dataclass(frozen=True)
