@@ -8,8 +8,9 @@ motions it has, then turned into features by the reference pipeline.
   facing rarely turns faster than 2 degrees a frame; HumanML3D's clips reach 6 and more).
 - ``splice_arms``: one motion's arms on another's body (a wave on a walk), so that no part's
   code can rely on what the other parts are doing.
-- ``swing``: one limb raised and lowered again at the hip, knee or shoulder (a kick, a knee
-  lift, an arm raise: poses Bandai Namco's ten actions rarely reach).
+- ``swing_limb``: one limb raised and lowered again: a leg kicked forward or out to the side
+  at the hip, a heel kicked back at the knee, an arm raised forward or sideways (poses Bandai
+  Namco's ten actions rarely reach).
 
 ``Augmentation`` holds the ranges and draws from them with torch's random generator (so
 DataLoader workers differ); ``WindowDataset`` applies them.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from parttok.rotations import axis_angle_matrix, qrot
-from parttok.skeleton import NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
+from parttok.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
 
 PELVIS, LEFT_HIP, RIGHT_HIP, SPINE1 = 0, 1, 2, 3
 # Each arm hangs from its collar, which is rigid on the chest (SMPL's spine3 places it).
@@ -31,17 +32,19 @@ COLLARS = {"left": 13, "right": 14}
 ARMS = {"left": (16, 18, 20), "right": (17, 19, 21)}  # shoulder, elbow, wrist
 PELVIS_GROUP, CHEST_GROUP = 0, 1  # RIGID_GROUPS: pelvis with hips and spine1; spine3 with
 # both collars and the neck
-# The joints ``swing`` turns, each with the rigid group whose frame (x left, y up, z forward)
-# holds its axis, and whether it only flexes about x (a hinge) or swings about any
-# horizontal axis.
-SWING_JOINTS = {
-    "left_hip": (1, PELVIS_GROUP, False),
-    "right_hip": (2, PELVIS_GROUP, False),
-    "left_knee": (4, PELVIS_GROUP, True),
-    "right_knee": (5, PELVIS_GROUP, True),
-    "left_shoulder": (16, CHEST_GROUP, False),
-    "right_shoulder": (17, CHEST_GROUP, False),
+# The limbs ``swing_limb`` moves: hips and shoulders are raised forward or out to their side
+# in the frame of their rigid group (pelvis, chest); knees flex about their own hinge. The
+# sign is the side's outward direction along the group's x axis (x points to the body's left).
+SWING_LIMBS = {
+    "left_hip": (PELVIS_GROUP, 1.0),
+    "right_hip": (PELVIS_GROUP, -1.0),
+    "left_knee": (None, 1.0),
+    "right_knee": (None, -1.0),
+    "left_shoulder": (CHEST_GROUP, 1.0),
+    "right_shoulder": (CHEST_GROUP, -1.0),
 }
+# A knee is never flexed beyond this (the shank would pass through the thigh).
+MAX_KNEE_FLEXION = 150.0
 
 
 def _descendants(joint: int) -> tuple[int, ...]:
@@ -130,16 +133,39 @@ def splice_arms(body: np.ndarray, donor: np.ndarray, side: str = "both") -> np.n
     return spliced
 
 
-def swing(
-    joints: np.ndarray, joint: int, group: int, axis: np.ndarray, degrees: np.ndarray
+def swing_limb(
+    joints: np.ndarray, limb: str, degrees: np.ndarray, outward: float = 0.0
 ) -> np.ndarray:
-    """(T, 22, 3), (3,), (T,) -> (T, 22, 3): everything below ``joint`` turned ``degrees[t]``
-    about ``joint`` around ``axis``, given in rigid group ``group``'s frame (x to the body's
-    left, y up, z forward; right-handed: about x, positive takes the legs backward)."""
-    frames = rigid_group_frames(joints, group)  # (T, 3, 3), columns x, y, z
-    axes = unit_vectors(frames @ np.asarray(axis, dtype=np.float64))  # (T, 3) in the world
-    radians = np.radians(np.asarray(degrees, dtype=np.float64))
-    return _rotate_about(joints, joint, _descendants(joint)[1:], axes, radians)
+    """(T, 22, 3), (T,) -> (T, 22, 3): one limb of ``SWING_LIMBS`` moved ``degrees[t]`` (>= 0)
+    about its joint, everything below it with it.
+
+    A hip or shoulder is raised forward (``outward`` 0) or out to its side (``outward`` 1),
+    or between, in its rigid group's frame (x to the body's left, y up, z forward). A knee
+    flexes about its hinge (the normal of the thigh and shank; the pelvis's x axis square to
+    the thigh when the leg is straight), never beyond ``MAX_KNEE_FLEXION``.
+    """
+    group, side = SWING_LIMBS[limb]
+    joint = JOINT_NAMES.index(limb)
+    degrees = np.asarray(degrees, dtype=np.float64)
+    if group is None:  # a knee
+        hip, ankle = PARENTS[joint], JOINT_NAMES.index(limb.replace("knee", "ankle"))
+        thigh = unit_vectors(joints[:, joint] - joints[:, hip])  # (T, 3)
+        shank = unit_vectors(joints[:, ankle] - joints[:, joint])
+        hinge = np.cross(thigh, shank)  # (T, 3): flexing turns the shank about it
+        across = rigid_group_frames(joints, PELVIS_GROUP)[..., 0]  # (T, 3), the body's left
+        across = across - (across * thigh).sum(-1, keepdims=True) * thigh  # square to the thigh
+        # a knee flexes about the body's left (the foot goes back); a straight or slightly
+        # overstretched knee's own hinge is that axis or points the other way
+        hinge = hinge * np.where((hinge * across).sum(-1, keepdims=True) < 0, -1.0, 1.0)
+        straight = np.linalg.norm(hinge, axis=-1, keepdims=True) < 0.1
+        axes = unit_vectors(np.where(straight, across, hinge))
+        flexion = np.degrees(np.arccos(np.clip((thigh * shank).sum(-1), -1.0, 1.0)))  # (T,)
+        degrees = np.minimum(degrees, np.maximum(MAX_KNEE_FLEXION - flexion, 0.0))
+    else:  # forward: about -x; out to the side: about the z axis, signed by the side
+        heading = np.radians(90.0 * outward)
+        local = np.array([-np.cos(heading), 0.0, side * np.sin(heading)])
+        axes = unit_vectors(rigid_group_frames(joints, group) @ local)  # (T, 3) in the world
+    return _rotate_about(joints, joint, _descendants(joint)[1:], axes, np.radians(degrees))
 
 
 @dataclass(frozen=True)
@@ -153,8 +179,8 @@ class Augmentation:
     middle anywhere in the window; ``arm_swap``: probability that an augmented window takes
     the arms (left, right or both) of another random window; ``limb_swing``: probability that
     an augmented window raises and lowers one limb (a hip, knee or shoulder of
-    ``SWING_JOINTS``) by up to ``swing_degrees``, over ``swing_frames`` (shortest, longest)
-    frames each way with a hold as long between.
+    ``SWING_LIMBS``) by up to ``swing_degrees``, over ``swing_frames`` (shortest, longest)
+    frames each way with a hold of up to as long between.
     """
 
     probability: float = 0.5
@@ -223,19 +249,17 @@ class Augmentation:
         start = first + count * torch.rand(()).item() - duration / 2
         return turn_profile(frames, degrees, start, duration)
 
-    def draw_swing(self, frames: int, first: int, count: int) -> tuple[str, np.ndarray, np.ndarray]:
-        """A limb of ``SWING_JOINTS``, an axis in its group's frame and (frames,) degrees: the
-        limb turned up to its angle, held, and turned back, starting in [first, first + count)."""
-        name = list(SWING_JOINTS)[int(torch.randint(0, len(SWING_JOINTS), ()).item())]
-        if SWING_JOINTS[name][2]:
-            axis = np.array([1.0, 0.0, 0.0])  # a knee flexes: the foot goes back and up
-        else:
-            heading = 2.0 * np.pi * torch.rand(()).item()  # any horizontal axis
-            axis = np.array([np.cos(heading), 0.0, np.sin(heading)])
+    def draw_swing(self, frames: int, first: int, count: int) -> tuple[str, float, np.ndarray]:
+        """A limb of ``SWING_LIMBS``, how far out to its side it swings (0 forward, 1
+        sideways) and (frames,) degrees: raised over a drawn duration, held up to as long,
+        lowered over the same duration, reaching its angle in frames [first, first + count)."""
+        limb = list(SWING_LIMBS)[int(torch.randint(0, len(SWING_LIMBS), ()).item())]
+        outward = torch.rand(()).item()
         degrees = self.swing_degrees * torch.rand(()).item()
         shortest, longest = self.swing_frames
         duration = shortest + (longest - shortest) * torch.rand(()).item()
         hold = duration * torch.rand(()).item()
         start = first + count * torch.rand(()).item() - duration
         raised = turn_profile(frames, degrees, start, duration)
-        return name, axis, raised - turn_profile(frames, degrees, start + duration + hold, duration)
+        lowered = turn_profile(frames, degrees, start + duration + hold, duration)
+        return limb, outward, raised - lowered

@@ -30,12 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from parttok.augment import (
-    SWING_JOINTS,
     Augmentation,
     change_speed,
     lean,
     splice_arms,
-    swing,
+    swing_limb,
     turn,
 )
 from parttok.cli.common import process_batch
@@ -499,10 +498,6 @@ class WindowDataset(Dataset):
         frames = before + crop + 1 + after
         window = change_speed(joints, speed, frames, start - before * speed)  # (frames, 22, 3)
         window = lean(window, augment.draw_lean())
-        if torch.rand(()).item() < augment.limb_swing:
-            name, axis, degrees = augment.draw_swing(frames, before, crop)
-            joint, group, _ = SWING_JOINTS[name]
-            window = swing(window, joint, group, axis, degrees)
         window = turn(window, augment.draw_turn(frames, before, crop))
         if torch.rand(()).item() < augment.arm_swap:
             donor = int(torch.randint(0, len(self.joint_lengths), ()).item())
@@ -512,6 +507,9 @@ class WindowDataset(Dataset):
                 side = ("left", "right", "both")[int(torch.randint(0, 3, ()).item())]
                 donated = donor_joints[first : first + frames].astype(np.float64)
                 window = splice_arms(window, donated, side)
+        if augment.limb_swing > 0 and torch.rand(()).item() < augment.limb_swing:
+            limb, outward, degrees = augment.draw_swing(frames, before, crop)
+            window = swing_limb(window, limb, degrees, outward)
         return joints_to_features(window)[before : before + crop]  # (crop, 263)
 
 
@@ -588,8 +586,8 @@ class MotionDataModule(pl.LightningDataModule):
 
     Training: random ``window``-frame crops of the ``train_split`` clips (see
     ``WindowDataset``; ``min_window`` for random lengths, ``mirror`` for left/right
-    augmentation, ``augment`` for speed, lean, turn and arm swaps made from the clips' joints),
-    batches ``{"features": (B, window, 263), "mask": (B, window)}``.
+    augmentation, ``augment`` for speed, lean, turn, arm swaps and limb swings made from the
+    clips' joints), batches ``{"features": (B, window, 263), "mask": (B, window)}``.
     Validation/test: the ``val_split``/``test_split`` clips whole (``EvalDataset``: at least
     ``val_min_length`` frames, longer clips split into ``val_max_length`` segments), padded
     to the longest in the batch, with the same two keys plus ``lengths`` and ``ids``.

@@ -12,10 +12,13 @@ from parttok import data as D
 from parttok.features import FEATURE_DIM, ROT6D, features_to_joints, joints_to_features
 from parttok.rotations import axis_angle_matrix
 from parttok.skeleton import (
+    JOINT_NAMES,
+    PARENTS,
     TARGET_BONE_LENGTHS,
     bone_lengths,
     rigid_group_directions,
     rigid_group_frames,
+    unit_vectors,
 )
 
 CLIPS = ["000000", "007005", "012314", "M010655"]
@@ -150,72 +153,126 @@ def test_splice_arms_moves_the_donors_arms_onto_the_body(walk, serve):
         )
 
 
-def _pelvis_local(joints, joint):
-    """(T, 3) joint relative to the pelvis, in the pelvis group's frame (x left, y up, z
+def _in_group_frame(joints, group, vectors):
+    """(T, 3) world vectors -> the same in rigid group ``group``'s frame (x left, y up, z
     forward)."""
-    frames = rigid_group_frames(joints, A.PELVIS_GROUP)
-    return np.einsum("tij,ti->tj", frames, joints[:, joint] - joints[:, 0])
+    return np.einsum("tij,ti->tj", rigid_group_frames(joints, group), vectors)
 
 
-def test_swing_raises_a_limb_about_its_joint(walk):
+def test_swing_limbs_are_the_smpl_hips_knees_and_shoulders():
+    assert [JOINT_NAMES.index(limb) for limb in A.SWING_LIMBS] == [1, 2, 4, 5, 16, 17]
+    for limb, (group, side) in A.SWING_LIMBS.items():
+        assert side == (1.0 if limb.startswith("left") else -1.0)
+        expected = {"hip": A.PELVIS_GROUP, "knee": None, "shoulder": A.CHEST_GROUP}
+        assert group == expected[limb.split("_")[1]]
+
+
+def _rigid_and_only_below(original, swung, joint):
+    """Bones and rigid groups kept, only the joints below ``joint`` moved, each keeping its
+    distance from ``joint``."""
+    np.testing.assert_allclose(bone_lengths(swung), bone_lengths(original), atol=1e-9)
+    below = [j for j in range(1, 22) if joint in _ancestors(j)]
+    kept = [j for j in range(22) if j not in below]
+    np.testing.assert_array_equal(swung[:, kept], original[:, kept])
+    for group in (0, 1):
+        np.testing.assert_allclose(rigid_group_directions(swung, group),
+                                   rigid_group_directions(original, group), atol=1e-12)  # fmt: skip
+    for j in below:
+        np.testing.assert_allclose(np.linalg.norm(swung[:, j] - swung[:, joint], axis=-1),
+                                   np.linalg.norm(original[:, j] - original[:, joint], axis=-1),
+                                   atol=1e-9)  # fmt: skip
+    return below
+
+
+def _ancestors(joint):
+    chain = []
+    while joint > 0:
+        joint = PARENTS[joint]
+        chain.append(joint)
+    return chain
+
+
+def test_swing_limb_raises_hips_and_shoulders_forward_or_to_their_side(walk):
     frames = len(walk)
     degrees = np.full(frames, 80.0)
-    left_ankle, left_knee = 7, 4
-    # a kick: the left hip turned 80 degrees about the body's left axis (negative: forward)
-    kick = A.swing(walk, 1, A.PELVIS_GROUP, np.array([1.0, 0.0, 0.0]), -degrees)
-    np.testing.assert_allclose(bone_lengths(kick), bone_lengths(walk), atol=1e-9)
-    moved = [4, 7, 10]  # left knee, ankle, foot
-    kept = [j for j in range(22) if j not in moved]
-    np.testing.assert_array_equal(kick[:, kept], walk[:, kept])
-    for group in (0, 1):  # the rigid groups are untouched
-        np.testing.assert_allclose(rigid_group_directions(kick, group),
-                                   rigid_group_directions(walk, group), atol=1e-12)  # fmt: skip
-    # in the pelvis frame the hip-to-ankle vector turned 80 degrees about x, forward and up
-    pelvis = rigid_group_frames(walk, A.PELVIS_GROUP)
-    before, after = (np.einsum("tij,ti->tj", pelvis, joints[:, left_ankle] - joints[:, 1])
-                     for joints in (walk, kick))  # fmt: skip
-    turned = torch.from_numpy(np.radians(-degrees))
-    expected = np.einsum("tij,tj->ti", axis_angle_matrix("X", turned).numpy(), before)
-    np.testing.assert_allclose(after, expected, atol=1e-9)
-    assert (after[:, 2] - before[:, 2]).mean() > 0.5 and (after[:, 1] - before[:, 1]).mean() > 0.2
-    # about the hip: each moved joint keeps its distance from the hip
-    for joint in moved:
-        np.testing.assert_allclose(np.linalg.norm(kick[:, joint] - kick[:, 1], axis=-1),
-                                   np.linalg.norm(walk[:, joint] - walk[:, 1], axis=-1),
-                                   atol=1e-9)  # fmt: skip
-    # a knee flex (positive about x) takes the foot back and up; the knee stays
-    flex = A.swing(walk, left_knee, A.PELVIS_GROUP, np.array([1.0, 0.0, 0.0]), degrees)
-    np.testing.assert_array_equal(flex[:, left_knee], walk[:, left_knee])
-    before, after = _pelvis_local(walk, left_ankle), _pelvis_local(flex, left_ankle)
-    assert (after[:, 2] - before[:, 2]).mean() < -0.15 and (after[:, 1] - before[:, 1]).mean() > 0.1
-    # a shoulder swung about the chest's forward axis raises the arm sideways
-    arm = A.swing(walk, 16, A.CHEST_GROUP, np.array([0.0, 0.0, 1.0]), degrees)
-    chest = rigid_group_frames(walk, A.CHEST_GROUP)
-    before, after = (np.einsum("tij,ti->tj", chest, joints[:, 20] - joints[:, 16])
-                     for joints in (walk, arm))  # fmt: skip
-    assert (after[:, 0] - before[:, 0]).mean() > 0.3  # the left wrist out to the left
-    assert (arm[:, 20, 1] - walk[:, 20, 1]).mean() > 0.3  # and up
-    np.testing.assert_allclose(A.swing(walk, 17, A.CHEST_GROUP, np.array([0.0, 0.0, 1.0]),
-                                       np.zeros(frames)), walk, atol=1e-12)  # fmt: skip
+    for limb, joint, end in (("left_hip", 1, 7), ("right_hip", 2, 8),
+                             ("left_shoulder", 16, 20), ("right_shoulder", 17, 21)):  # fmt: skip
+        group, side = A.SWING_LIMBS[limb]
+        forward = A.swing_limb(walk, limb, degrees, outward=0.0)
+        assert _rigid_and_only_below(walk, forward, joint) == list(A._descendants(joint)[1:])
+        # forward: the limb turned 80 degrees about the group's -x axis
+        before, after = (_in_group_frame(walk, group, joints[:, end] - joints[:, joint])
+                         for joints in (walk, forward))  # fmt: skip
+        turned = torch.full((frames,), np.radians(-80.0), dtype=torch.float64)
+        about_x = axis_angle_matrix("X", turned).numpy()
+        np.testing.assert_allclose(after, np.einsum("tij,tj->ti", about_x, before), atol=1e-9)
+        assert (after[:, 2] - before[:, 2]).mean() > 0.3  # the hand or ankle far forward
+        assert (forward[:, end, 1] - walk[:, end, 1]).mean() > 0.2  # and up
+        # sideways: out to its own side (x points to the body's left), and up
+        sideways = A.swing_limb(walk, limb, degrees, outward=1.0)
+        _rigid_and_only_below(walk, sideways, joint)
+        after = _in_group_frame(walk, group, sideways[:, end] - sideways[:, joint])
+        assert side * (after[:, 0] - before[:, 0]).mean() > 0.3
+        assert (sideways[:, end, 1] - walk[:, end, 1]).mean() > 0.2
+        assert np.abs(after[:, 2] - before[:, 2]).mean() < 0.1  # not forward
+        np.testing.assert_allclose(A.swing_limb(walk, limb, np.zeros(frames), 0.5), walk,
+                                   atol=1e-12)  # fmt: skip
 
 
-def test_draw_swing_raises_holds_and_lowers():
+def _knee_flexion(joints, knee):
+    hip, ankle = PARENTS[knee], knee + 3
+    thigh = joints[:, knee] - joints[:, hip]
+    shank = joints[:, ankle] - joints[:, knee]
+    cosine = (
+        (thigh * shank).sum(-1) / np.linalg.norm(thigh, axis=-1) / np.linalg.norm(shank, axis=-1)
+    )
+    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+
+
+def test_swing_limb_flexes_a_knee_about_its_hinge_up_to_its_limit(walk, serve):
+    for limb, knee in (("left_knee", 4), ("right_knee", 5)):
+        for clip in (walk, serve):
+            flexion = _knee_flexion(clip, knee)  # (T,) degrees
+            added = np.full(len(clip), 60.0)
+            flexed = A.swing_limb(clip, limb, added)
+            _rigid_and_only_below(clip, flexed, knee)
+            expected = np.minimum(flexion + 60.0, np.maximum(flexion, A.MAX_KNEE_FLEXION))
+            np.testing.assert_allclose(_knee_flexion(flexed, knee), expected, atol=1e-6)
+    # the heel goes back (against the facing) and up
+    flexed = A.swing_limb(walk, "left_knee", np.full(len(walk), 60.0))
+    facing = unit_vectors(np.cross(walk[:, 1] - walk[:, 2], [0.0, 1.0, 0.0]))  # (T, 3)
+    moved = flexed[:, 7] - walk[:, 7]
+    assert (moved * facing).sum(-1).mean() < -0.08 and moved[:, 1].mean() > 0.1
+    straight = walk.copy()  # a straight leg (no hinge of its own): flexes about the pelvis's x
+    straight[:, 7] = straight[:, 4] + (straight[:, 4] - straight[:, 1]) * 0.95
+    straight[:, 10] = straight[:, 7] + walk[:, 10] - walk[:, 7]
+    bent = A.swing_limb(straight, "left_knee", np.full(len(walk), 30.0))
+    np.testing.assert_allclose(_knee_flexion(bent, 4), 30.0, atol=1e-6)
+    assert (_in_group_frame(walk, A.PELVIS_GROUP, bent[:, 7] - straight[:, 7])[:, 2] < 0).all()
+
+
+def test_draw_swing_raises_holds_and_lowers(monkeypatch):
     augmentation = A.Augmentation(swing_degrees=60.0, swing_frames=(6.0, 20.0))
     torch.manual_seed(0)
-    names = set()
+    limbs = set()
     for _ in range(200):
-        name, axis, degrees = augmentation.draw_swing(186, 60, 66)  # (3,), (186,)
-        names.add(name)
-        assert abs(axis[1]) == 0.0 and np.linalg.norm(axis) == pytest.approx(1.0)
-        if A.SWING_JOINTS[name][2]:
-            np.testing.assert_array_equal(axis, [1.0, 0.0, 0.0])  # hinges only flex
+        limb, outward, degrees = augmentation.draw_swing(186, 60, 66)  # (186,)
+        limbs.add(limb)
+        assert 0.0 <= outward <= 1.0
         assert degrees.min() >= 0.0 and degrees.max() <= 60.0
         assert degrees[0] == 0.0 and degrees[-1] == 0.0  # back down by the end
-        raised = np.flatnonzero(degrees > 0)
-        if len(raised):  # one bump: up, hold, down, at most 20 + 20 + 20 frames
-            assert raised[-1] - raised[0] <= 61 and raised[-1] >= 60 - 1
-            assert np.diff(degrees).max() <= 1.5 * 60.0 / 6.0 + 1e-9
-    assert names == set(A.SWING_JOINTS)
+        assert np.diff(degrees).max() <= 1.5 * 60.0 / 6.0 + 1e-9
+    assert limbs == set(A.SWING_LIMBS)
+    # every draw at its middle: a 13-frame rise reaching 30 degrees at frame 93, a 6.5-frame
+    # hold, a 13-frame descent
+    monkeypatch.setattr(torch, "rand", lambda *shape: torch.tensor(0.5))
+    monkeypatch.setattr(torch, "randint", lambda low, high, shape: torch.tensor(0))
+    limb, outward, degrees = augmentation.draw_swing(186, 60, 66)
+    assert limb == "left_hip" and outward == 0.5
+    top = np.flatnonzero(np.isclose(degrees, 30.0))
+    assert top[0] == 93 and top[-1] == 93 + 6  # held from 93 to 99.5
+    assert degrees[80] == 0.0 and 0 < degrees[81] < degrees[92] < 30.0  # the rise
+    assert 30.0 > degrees[101] > degrees[111] > 0 and degrees[113] == 0.0  # the descent
 
 
 def test_augmentation_describes_itself_for_model_cards():
@@ -237,8 +294,10 @@ def test_augmentation_checks_its_ranges():
         A.Augmentation(turn_frames=(0.0, 10.0))
     with pytest.raises(ValueError, match="limb_swing"):
         A.Augmentation(limb_swing=-0.1)
-    with pytest.raises(ValueError, match="swing"):
+    with pytest.raises(ValueError, match="longest swing"):
         A.Augmentation(swing_frames=(10.0, 5.0))
+    with pytest.raises(ValueError, match="swing_degrees"):
+        A.Augmentation(swing_degrees=-1.0)
     augmentation = A.Augmentation(speed=(0.5, 2.0))
     torch.manual_seed(0)
     speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
