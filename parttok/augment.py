@@ -209,10 +209,11 @@ class Augmentation:
     def describe(self) -> str:
         """One sentence of what the augmentation does, for model cards."""
         back, forward = self.lean_degrees
-        changes = [
-            f"played {self.speed[0]:g}-{self.speed[1]:g}x as fast",
-            f"the spine leaned {back:g} to {forward:g} degrees",
-        ]
+        changes = []
+        if self.speed != (1.0, 1.0):
+            changes.append(f"played {self.speed[0]:g}-{self.speed[1]:g}x as fast")
+        if (back, forward) != (0.0, 0.0):
+            changes.append(f"the spine leaned {back:g} to {forward:g} degrees")
         if self.turn_degrees > 0:
             changes.append(f"one turn of up to {self.turn_degrees:g} degrees")
         if self.arm_swap > 0:

@@ -35,6 +35,9 @@ from parttok.evaluation import evaluate_clips
 from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import Tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from release import data_text  # noqa: E402 (tools/ is not a package)
+
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = "_run_"
 MODELS = {
@@ -62,7 +65,7 @@ def train_all(
     """Launch the trainings ``parallel`` at a time; return wall seconds per run."""
     # Equal wall clock on the same data: no step cap; plain windows, or every model with
     # mirroring and the augmentation of configs/cpu.yaml.
-    data = ["true", "{}"] if augment else ["false", "null"]
+    mirror, augmentation = ("true", "{}") if augment else ("false", "null")
     budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     pending, running, seconds = list(names), {}, {}
     while pending or running:
@@ -76,7 +79,7 @@ def train_all(
                 "--trainer.enable_progress_bar", "false",
                 "--data.data_dirs", "[data/bandai, data/cmu]",
                 "--data.exclude", f"[{HELD_OUT}]", "--trainer.max_steps", "-1",
-                "--data.mirror", data[0], "--data.augment", data[1],
+                "--data.mirror", mirror, "--data.augment", augmentation,
             ]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
@@ -107,15 +110,19 @@ def evaluation_sets(data: Path, shared: Path) -> dict[str, dict[str, np.ndarray]
 
 
 def evaluate_runs(names: list[str], out: Path, sets: dict) -> dict:
+    trained = [name for name in names if (out / name / "tokenizer").is_dir()]
+    for name in sorted(set(names) - set(trained)):
+        print(f"{name}: no exported tokenizer in {out / name / 'tokenizer'}; skipped")
+    data = {name: data_text(out / name) for name in trained}
+    if len(set(data.values())) > 1:  # e.g. runs from before and after a change of augmentation
+        raise SystemExit(f"the runs in {out} trained on different data: retrain them")
     results = {}
-    for name in names:
+    for name in trained:
         folder = out / name / "tokenizer"
-        if not folder.is_dir():
-            print(f"{name}: no exported tokenizer in {folder}; skipped")
-            continue
         tokenizer = Tokenizer.from_pretrained(folder)
         config = json.loads((folder / "config.json").read_text())
         results[name] = {
+            "data": data[name],
             "parameters": sum(p.numel() for p in tokenizer.model.parameters()),
             "steps": config["training"].get("global_step"),
             **{key: evaluate_clips(tokenizer, clips) for key, clips in sets.items()},
@@ -164,13 +171,8 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
         f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
-        "CMU train splits without any 'run' clip, "
-        + (
-            "mirrored and with configs/cpu.yaml's joint-space augmentation (parttok.augment), "
-            "made in the training process."
-            if augment
-            else "no mirroring, no augmentation."
-        ),
+        f"CMU train splits without any 'run' clip; {next(iter(results.values()))['data']} (in "
+        "the training process).",
         f"In-distribution: {len(sets['in_distribution'])} Bandai Namco 2 validation clips. "
         f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
         "splits (an action never trained on), all CMU clips on the Character Creator rig, and "

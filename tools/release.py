@@ -54,13 +54,26 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
     return time.monotonic() - start
 
 
-def augmentation_text(run: Path) -> str:
-    """What the run's data augmentation did, from the configuration LightningCLI saved."""
+def run_augmentation(run: Path) -> Augmentation | None:
+    """The augmentation a run trained with, from the configuration LightningCLI saved in it
+    (None: none). A field the saved configuration lacks did not exist when the run trained:
+    that change was off."""
     saved = run / "logs" / "config.yaml"
     if not saved.is_file():
-        raise SystemExit(f"{saved} is missing: release a run trained by parttok train")
+        raise SystemExit(f"{saved} is missing: use a run trained by parttok train")
     augment = yaml.safe_load(saved.read_text())["data"].get("augment")
-    return "no augmentation" if augment is None else Augmentation(**augment).describe()
+    if augment is None:
+        return None
+    return Augmentation(**{"turn_degrees": 0.0, "arm_swap": 0.0, "limb_swing": 0.0, **augment})
+
+
+def data_text(run: Path) -> str:
+    """How the run's training windows were made, for the model card."""
+    data = yaml.safe_load((run / "logs" / "config.yaml").read_text())["data"]
+    augmentation = run_augmentation(run)
+    return f"windows are {'' if data.get('mirror') else 'not '}mirrored left/right; " + (
+        "no augmentation" if augmentation is None else augmentation.describe()
+    )
 
 
 def evaluation_sets(data: Path, shared: Path) -> dict[str, dict]:
@@ -116,8 +129,7 @@ unpickled.
 - Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research Motion
   Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the Character Creator
   rig (61), converted with `parttok convert` (`python tools/prepare_data.py`); the CMU folders
-  are listed three times in configs/cpu.yaml (oversampled), windows are mirrored left/right;
-  {training["augmentation"]}.
+  are listed three times in configs/cpu.yaml (oversampled); {training["data"]}.
   The BVH import gives each rig's pelvis and spine3 joint groups SMPL's shape
   (`parttok.skeleton.conform_rigid_groups`); features converted by parttok before that
   change differ from what this model saw: convert BVH again.
@@ -173,6 +185,7 @@ def main() -> int:
     if args.train:
         args.run.parent.mkdir(parents=True, exist_ok=True)
         seconds = train(args.run, args.minutes, args.steps)
+    data = data_text(args.run)  # before the measurements: a run without its config fails fast
     torch.set_num_threads(os.cpu_count() or 1)
     candidate = Tokenizer.from_pretrained(args.run / "tokenizer")
     sets = evaluation_sets(args.data, args.shared)
@@ -196,7 +209,7 @@ def main() -> int:
         "machine": f"{machine_description()}, no GPU",
         "date": datetime.date.today().isoformat(),
         "note": args.note,
-        "augmentation": augmentation_text(args.run),
+        "data": data,
         "run": args.run.relative_to(REPO) if args.run.is_relative_to(REPO) else args.run,
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
