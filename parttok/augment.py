@@ -232,22 +232,19 @@ class Augmentation:
     def draw_speed(self, joints_frames: int, steps: int) -> float:
         """A playback factor for ``steps`` frame steps from a clip of ``joints_frames`` frames
         (capped so that the clip is long enough)."""
-        low, high = np.log(self.speed[0]), np.log(self.speed[1])
-        factor = float(np.exp(low + (high - low) * torch.rand(()).item()))
+        factor = float(np.exp(_uniform(np.log(self.speed[0]), np.log(self.speed[1]))))
         return min(factor, (joints_frames - 1) / steps)
 
     def draw_lean(self) -> float:
         """A lean in degrees (positive: forward)."""
-        back, forward = self.lean_degrees
-        return back + (forward - back) * torch.rand(()).item()
+        return _uniform(*self.lean_degrees)
 
     def draw_turn(self, frames: int, first: int, count: int) -> np.ndarray:
         """(frames,) added yaw in degrees: one turn of random size and length whose middle
         falls in frames [first, first + count)."""
-        degrees = self.turn_degrees * (2.0 * torch.rand(()).item() - 1.0)
-        shortest, longest = self.turn_frames
-        duration = shortest + (longest - shortest) * torch.rand(()).item()
-        start = first + count * torch.rand(()).item() - duration / 2
+        degrees = _uniform(-self.turn_degrees, self.turn_degrees)
+        duration = _uniform(*self.turn_frames)
+        start = _uniform(first, first + count) - duration / 2
         return turn_profile(frames, degrees, start, duration)
 
     def draw_swing(self, frames: int, first: int, count: int) -> tuple[str, float, np.ndarray]:
@@ -255,12 +252,16 @@ class Augmentation:
         sideways) and (frames,) degrees: raised over a drawn duration, held up to as long,
         lowered over the same duration, reaching its angle in frames [first, first + count)."""
         limb = list(SWING_LIMBS)[int(torch.randint(0, len(SWING_LIMBS), ()).item())]
-        outward = torch.rand(()).item()
-        degrees = self.swing_degrees * torch.rand(()).item()
-        shortest, longest = self.swing_frames
-        duration = shortest + (longest - shortest) * torch.rand(()).item()
-        hold = duration * torch.rand(()).item()
-        start = first + count * torch.rand(()).item() - duration
+        outward = _uniform(0.0, 1.0)
+        degrees = _uniform(0.0, self.swing_degrees)
+        duration = _uniform(*self.swing_frames)
+        hold = _uniform(0.0, duration)
+        start = _uniform(first, first + count) - duration
         raised = turn_profile(frames, degrees, start, duration)
         lowered = turn_profile(frames, degrees, start + duration + hold, duration)
         return limb, outward, raised - lowered
+
+
+def _uniform(low: float, high: float) -> float:
+    """A number drawn uniformly from [low, high) with torch's generator."""
+    return float(low + (high - low) * torch.rand(()).item())
