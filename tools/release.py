@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -113,6 +114,16 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
     parts = results["humanml3d"]["per_part_mpjpe_mm"]
     clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
     parameters = sum(p.numel() for p in tokenizer.model.parameters())
+    data = textwrap.fill(
+        "- Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research "
+        "Motion Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the "
+        "Character Creator rig (61), converted with `parttok convert` (`python "
+        "tools/prepare_data.py`); the CMU folders are listed three times in configs/cpu.yaml "
+        f"(oversampled); {training['data']}.",
+        width=95,
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+    )
     return f"""# parttok pretrained tokenizer
 
 A six-part Transformer VQ-VAE ({type(tokenizer.model).__name__}): parts
@@ -126,10 +137,7 @@ Load it with `parttok.Tokenizer.from_pretrained()`; it is safetensors + JSON, no
 unpickled.
 
 ## Training
-- Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research Motion
-  Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the Character Creator
-  rig (61), converted with `parttok convert` (`python tools/prepare_data.py`); the CMU folders
-  are listed three times in configs/cpu.yaml (oversampled); {training["data"]}.
+{data}
   The BVH import gives each rig's pelvis and spine3 joint groups SMPL's shape
   (`parttok.skeleton.conform_rigid_groups`); features converted by parttok before that
   change differ from what this model saw: convert BVH again.
