@@ -1,5 +1,6 @@
 """Train parttok and the field's tokenizers under one budget and compare them on held-out
-real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md.
+real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md (with
+``--augment``: "Tokenizers side by side, trained with augmentation").
 
     python tools/prepare_data.py                   # once: data/bandai, data/cmu, data/cmu-iclone
     python tools/compare.py --minutes 20           # train all six, then evaluate
@@ -111,6 +112,8 @@ def evaluation_sets(data: Path, shared: Path) -> dict[str, dict[str, np.ndarray]
 
 def evaluate_runs(names: list[str], out: Path, sets: dict) -> dict:
     trained = [name for name in names if (out / name / "tokenizer").is_dir()]
+    if not trained:
+        raise SystemExit(f"no run in {out} has an exported tokenizer: train them first")
     for name in sorted(set(names) - set(trained)):
         print(f"{name}: no exported tokenizer in {out / name / 'tokenizer'}; skipped")
     data = {name: data_text(out / name) for name in trained}

@@ -70,8 +70,8 @@ def run_augmentation(run: Path) -> Augmentation | None:
 
 def data_text(run: Path) -> str:
     """How the run's training windows were made, for the model card."""
+    augmentation = run_augmentation(run)  # first: a run without its config exits clearly
     data = yaml.safe_load((run / "logs" / "config.yaml").read_text())["data"]
-    augmentation = run_augmentation(run)
     return f"windows are {'' if data.get('mirror') else 'not '}mirrored left/right; " + (
         "no augmentation" if augmentation is None else augmentation.describe()
     )
