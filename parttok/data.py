@@ -413,10 +413,9 @@ class WindowDataset(Dataset):
     is drawn uniformly from the multiples of 4 in [min_window, window] (then padded to
     ``window``). With ``mirror`` half the items are mirrored left/right. With ``augment``
     (and each clip's (T, 22, 3) ``joints``) a share of the items are made in joint space,
-    played at another speed, leaned, turned, given another window's arms or a limb
-    raised and lowered (see
-    ``parttok.augment``), then turned into features. Clips shorter than 4 frames are
-    dropped. Randomness comes from torch, so DataLoader workers differ.
+    played at another speed, leaned, turned, given another window's arms or a limb raised
+    and lowered (see ``parttok.augment``), then turned into features. Clips shorter than 4
+    frames are dropped. Randomness comes from torch, so DataLoader workers differ.
     """
 
     def __init__(

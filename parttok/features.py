@@ -221,10 +221,10 @@ def _recover_joints(features: Tensor) -> Tensor:
 def facing_frame_joints(features: np.ndarray) -> np.ndarray:
     """(T, 263) -> (T, 22, 3): each frame's joints relative to its pelvis in its own facing
     frame (the ric slice), so no error in the integrated facing carries over to later frames."""
-    ric = features[:, RIC].reshape(len(features), NUM_JOINTS - 1, 3)  # root at (0, height, 0)
-    root = np.zeros((len(features), 1, 3))
-    root[:, 0, 1] = features[:, ROOT_HEIGHT.start]
-    return np.concatenate((root, ric), axis=1) - root
+    joints = np.zeros((len(features), NUM_JOINTS, 3))  # the pelvis at the origin
+    joints[:, 1:] = features[:, RIC].reshape(len(features), NUM_JOINTS - 1, 3)  # root at height
+    joints[:, 1:, 1] -= features[:, ROOT_HEIGHT.start, None]
+    return joints
 
 
 def compute_statistics(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
