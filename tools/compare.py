@@ -37,7 +37,7 @@ from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release import data_text  # noqa: E402 (tools/ is not a package)
+from release import saved_data, windows_text  # noqa: E402 (tools/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = "_run_"
@@ -116,7 +116,7 @@ def evaluate_runs(names: list[str], out: Path, sets: dict) -> dict:
         raise SystemExit(f"no run in {out} has an exported tokenizer: train them first")
     for name in sorted(set(names) - set(trained)):
         print(f"{name}: no exported tokenizer in {out / name / 'tokenizer'}; skipped")
-    data = {name: data_text(out / name) for name in trained}
+    data = {name: windows_text(saved_data(out / name)) for name in trained}
     if len(set(data.values())) > 1:  # e.g. runs from before and after a change of augmentation
         raise SystemExit(f"the runs in {out} trained on different data: retrain them")
     results = {}

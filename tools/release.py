@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -55,26 +56,30 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
     return time.monotonic() - start
 
 
-def run_augmentation(run: Path) -> Augmentation | None:
-    """The augmentation a run trained with, from the configuration LightningCLI saved in it
-    (None: none). A field the saved configuration lacks did not exist when the run trained:
-    that change was off."""
+def saved_data(run: Path) -> dict:
+    """The ``data`` settings a run trained with, from the configuration LightningCLI saved."""
     saved = run / "logs" / "config.yaml"
     if not saved.is_file():
         raise SystemExit(f"{saved} is missing: use a run trained by parttok train")
-    augment = yaml.safe_load(saved.read_text())["data"].get("augment")
-    if augment is None:
-        return None
-    return Augmentation(**{"turn_degrees": 0.0, "arm_swap": 0.0, "limb_swing": 0.0, **augment})
+    return yaml.safe_load(saved.read_text())["data"]
 
 
-def data_text(run: Path) -> str:
-    """How the run's training windows were made, for the model card."""
-    augmentation = run_augmentation(run)  # first: a run without its config exits clearly
-    data = yaml.safe_load((run / "logs" / "config.yaml").read_text())["data"]
-    return f"windows are {'' if data.get('mirror') else 'not '}mirrored left/right; " + (
-        "no augmentation" if augmentation is None else augmentation.describe()
-    )
+def windows_text(data: dict) -> str:
+    """How training windows were made under ``data`` settings. An augmentation field the
+    settings lack did not exist when the run trained: that change was off."""
+    augment = data.get("augment")
+    if augment is not None:
+        off = {"turn_degrees": 0.0, "arm_swap": 0.0, "limb_swing": 0.0}
+        augment = Augmentation(**{**off, **augment}).describe()
+    mirrored = "mirrored" if data.get("mirror") else "not mirrored"
+    return f"windows are {mirrored} left/right; {augment or 'no augmentation'}"
+
+
+def folders_text(data: dict) -> str:
+    """The training folders under ``data`` settings, with how often each is listed."""
+    folders = Counter(Path(folder).name for folder in data["data_dirs"])
+    return ", ".join(f"{name} ({n} times: oversampled)" if n > 1 else name
+                     for name, n in folders.items())  # fmt: skip
 
 
 def evaluation_sets(data: Path, shared: Path) -> dict[str, dict]:
@@ -118,8 +123,7 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
         "- Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research "
         "Motion Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the "
         "Character Creator rig (61), converted with `parttok convert` (`python "
-        "tools/prepare_data.py`); the CMU folders are listed three times in configs/cpu.yaml "
-        f"(oversampled); {training['data']}.",
+        f"tools/prepare_data.py`); folders {training['folders']}; {training['windows']}.",
         width=95,
         subsequent_indent="  ",
         break_on_hyphens=False,
@@ -193,7 +197,7 @@ def main() -> int:
     if args.train:
         args.run.parent.mkdir(parents=True, exist_ok=True)
         seconds = train(args.run, args.minutes, args.steps)
-    data = data_text(args.run)  # before the measurements: a run without its config fails fast
+    data = saved_data(args.run)  # before the measurements: a run without its config fails fast
     torch.set_num_threads(os.cpu_count() or 1)
     candidate = Tokenizer.from_pretrained(args.run / "tokenizer")
     sets = evaluation_sets(args.data, args.shared)
@@ -217,7 +221,8 @@ def main() -> int:
         "machine": f"{machine_description()}, no GPU",
         "date": datetime.date.today().isoformat(),
         "note": args.note,
-        "data": data,
+        "folders": folders_text(data),
+        "windows": windows_text(data),
         "run": args.run.relative_to(REPO) if args.run.is_relative_to(REPO) else args.run,
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
