@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from parttok.augment import Augmentation
 from parttok.cli import main
 from parttok.data import convert_sources
 from parttok.errors import CheckpointError
@@ -88,7 +89,7 @@ def test_every_config_trains_in_the_same_harness(converted, tmp_path, overrides,
     assert reconstruction.shape == (40, 263) and np.isfinite(reconstruction).all()
 
 
-def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path):
+def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path, monkeypatch):
     """cpu.yaml augments: its checkpoint holds the augmentation as plain numbers, which a
     resume reads back (checkpoints load without unpickling code)."""
     cpu = ["--config", str(REPO / "configs" / "cpu.yaml")]
@@ -102,6 +103,19 @@ def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path):
     assert train(converted, tmp_path, *cpu, *small, *more) == 0
     training = json.loads((tmp_path / "tokenizer" / CONFIG_FILE).read_text())["training"]
     assert training["global_step"] == 3
+    # the model card describes a run's data from the settings it saved (tools/release.py)
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from release import folders_text, saved_data, windows_text
+
+    data = saved_data(tmp_path)
+    assert folders_text(data) == converted.name
+    assert windows_text(data) == "windows are mirrored left/right; " + Augmentation().describe()
+    older = {**data, "augment": {"probability": 0.5, "arm_swap": 0.3}}  # saved before turns
+    assert "one turn" not in windows_text(older) and "raised" not in windows_text(older)
+    assert "arms 30% of the time" in windows_text(older)
+    assert windows_text({**data, "augment": None, "mirror": False}) == (
+        "windows are not mirrored left/right; no augmentation"
+    )
 
 
 def test_save_and_load_give_identical_codes(converted, tmp_path):
