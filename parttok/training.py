@@ -41,10 +41,13 @@ def reconstruction_losses(
     feature_indices: Tensor | None = None,
     temporal: bool = True,
 ) -> dict[str, Tensor]:
-    """Feature, velocity and joint-position losses between normalised (B, T, 263) tensors.
+    """Feature, velocity, facing and joint-position losses between normalised (B, T, 263)
+    tensors.
 
     ``feature_indices`` restricts the feature loss (the pose mode reads only some dims);
-    ``temporal`` False drops the velocity term. Joints are compared pelvis-aligned, in metres.
+    ``temporal`` False drops the velocity and facing terms. Joints are compared pelvis-aligned,
+    in metres; the facing (the root's turning speed integrated over the window, as decoding
+    integrates it) in radians.
     """
     if feature_indices is not None:
         reconstruction = target.clone().index_copy_(
@@ -59,8 +62,13 @@ def reconstruction_losses(
             reconstruction.diff(dim=1), target.diff(dim=1), reduction="none"
         )
         losses["velocity"] = _masked_mean(velocity_error, step_mask)
-    joints = features_to_joints(reconstruction * std + mean)  # (B, T, 22, 3) metres
-    target_joints = features_to_joints(target * std + mean)
+    raw, target_raw = reconstruction * std + mean, target * std + mean
+    if temporal:
+        # Frame t faces twice the sum of the turning speeds (half angles) of frames before it.
+        turned = (raw[..., :-1, 0] - target_raw[..., :-1, 0]).cumsum(dim=-1)  # (B, T - 1)
+        losses["facing"] = _masked_mean(2.0 * turned.abs(), mask[:, 1:])
+    joints = features_to_joints(raw)  # (B, T, 22, 3) metres
+    target_joints = features_to_joints(target_raw)
     joints = joints - joints[..., :1, :]
     target_joints = target_joints - target_joints[..., :1, :]
     losses["joints"] = _masked_mean((joints - target_joints).norm(dim=-1), mask)
@@ -74,7 +82,8 @@ class TokenizerModule(pl.LightningModule):
         model: a parttok model (``PartTokenizer``, ``ConvVQ`` or ``ResidualConvVQ``).
         lr: peak AdamW learning rate, reached after ``warmup_steps`` and decayed by a cosine
             to ``lr * final_lr_fraction`` at the trainer's ``max_steps`` (constant when unset).
-        feature_weight, velocity_weight, joint_weight: loss weights (joint loss in metres).
+        feature_weight, velocity_weight, facing_weight, joint_weight: loss weights (facing
+            error in radians, joint loss in metres).
         export_dir: where to write the tokenizer (safetensors + config) when training ends;
             default ``<trainer.default_root_dir>/tokenizer``.
     """
@@ -88,6 +97,7 @@ class TokenizerModule(pl.LightningModule):
         final_lr_fraction: float = 0.05,
         feature_weight: float = 1.0,
         velocity_weight: float = 0.5,
+        facing_weight: float = 0.0,
         joint_weight: float = 5.0,
         export_dir: str | None = None,
     ) -> None:
@@ -142,6 +152,7 @@ class TokenizerModule(pl.LightningModule):
         total = (
             self.hparams.feature_weight * losses["features"]
             + self.hparams.velocity_weight * losses.get("velocity", 0.0)
+            + self.hparams.facing_weight * losses.get("facing", 0.0)
             + self.hparams.joint_weight * losses["joints"]
             + output.aux_loss
         )

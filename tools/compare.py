@@ -5,6 +5,7 @@ real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md (with
     python tools/prepare_data.py                   # once: data/bandai, data/cmu, data/cmu-iclone
     python tools/compare.py --minutes 20           # train all six, then evaluate
     python tools/compare.py --evaluate-only        # re-evaluate the trained runs
+    python tools/compare.py --only parttok_fsq     # train only these, evaluate all --models
     python tools/compare.py --augment --models parttok continuous t2mgpt_lr2e-4 rvq_lr2e-4
                                                    # the same, every model with mirroring and
                                                    # the shipped joint-space augmentation
@@ -49,6 +50,9 @@ MODELS = {
     # The baselines again at the learning rate their papers train with (cpu.yaml: 1e-3).
     "t2mgpt_lr2e-4": ["--config", "configs/t2mgpt.yaml", "--model.lr", "0.0002"],
     "rvq_lr2e-4": ["--config", "configs/rvq.yaml", "--model.lr", "0.0002"],
+    # parttok with one change (ablations under the same budget).
+    "parttok_fsq": ["--model.model.init_args.quantizer", "fsq"],
+    "parttok_facing": ["--model.facing_weight", "2.0"],
 }
 LABELS = {
     "parttok": "parttok, 6 parts x 512",
@@ -57,6 +61,8 @@ LABELS = {
     "continuous": "parttok continuous (no quantizer)",
     "t2mgpt_lr2e-4": "T2M-GPT VQ-VAE, 1 x 512, lr 2e-4",
     "rvq_lr2e-4": "MoMask residual VQ, 6 x 512, lr 2e-4",
+    "parttok_fsq": "parttok, 6 parts x FSQ 8 x 8 x 8",
+    "parttok_facing": "parttok, 6 parts x 512, facing loss",
 }
 
 
@@ -226,12 +232,24 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(MODELS), help="train only these (evaluate all --models)"
+    )
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args()
     args.out = args.out or REPO / "runs" / ("compare_augmented" if args.augment else "compare")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only and not set(args.only) <= set(args.models):
+        raise SystemExit("--only names models that --models does not list")
     if not args.evaluate_only:
-        train_all(args.models, args.out, args.minutes, args.threads, args.parallel, args.augment)
+        train_all(
+            args.only or args.models,
+            args.out,
+            args.minutes,
+            args.threads,
+            args.parallel,
+            args.augment,
+        )
     torch.set_num_threads(os.cpu_count() or 1)
     sets = evaluation_sets(args.data, args.shared)
     results = evaluate_runs(args.models, args.out, sets)

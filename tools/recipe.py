@@ -1,17 +1,17 @@
-"""Ablate the shipped model's data recipe: joint-space augmentation (and its limb swings),
-CMU oversampling and left/right mirroring.
+"""Ablate the shipped model's training recipe: its data (joint-space augmentation and its
+limb swings, CMU oversampling, left/right mirroring), its quantizer and its losses.
 
     python tools/prepare_data.py                              # once
-    python tools/recipe.py --steps 3000                       # train the five variants
+    python tools/recipe.py --steps 3000                       # train every variant
     python tools/recipe.py --steps 3000 --only no_mirroring   # (re)train some of them
     python tools/recipe.py --steps 3000 --evaluate-only       # measure trained runs again
 
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
 other load do not change the result, only the time): "shipped" is cpu.yaml as it is (the CMU
-folders listed three times, mirroring and augmentation on), each other variant turns one of
-them (or only the limb swings) off. Runs go to runs/recipe<steps>/<variant>, one folder per
-step count. Measured as tools/release.py measures the shipped model. Writes the "## Training
-data recipe, N steps" section of BENCHMARKS.md.
+folders listed three times, mirroring and augmentation on), each other variant changes one
+thing. Runs go to runs/recipe<steps>/<variant>, one folder per step count. Measured as
+tools/release.py measures the shipped model. Writes the "## Training recipe, N steps" section
+of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ VARIANTS = {
         "no oversampling (each folder once)",
         ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
     ),
+    "augment_80": (
+        "80% of the windows augmented (not 50%)",
+        ("--data.augment", "{probability: 0.8}"),
+    ),
+    "fsq": (
+        "FSQ (8 x 8 x 8 levels) in place of the EMA codebooks",
+        ("--model.model.init_args.quantizer", "fsq"),
+    ),
+    "facing_loss": ("a facing loss (weight 2 per radian)", ("--model.facing_weight", "2.0")),
 }
 
 
@@ -70,14 +79,14 @@ def main() -> int:
     out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
     sets = evaluation_sets(args.data, args.shared)
     lines = [
-        f"## Training data recipe, {args.steps} steps",
+        f"## Training recipe, {args.steps} steps",
         "",
         f"Command: `python tools/recipe.py --steps {args.steps} --out {out}` (after `python "
         f"tools/prepare_data.py`). {machine_description()}, no GPU; "
         f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
-        "steps of configs/cpu.yaml and differs only in its data; measured as the model card "
-        'measures the shipped model (MPJPE, mm; "facing frame": each frame in its own facing '
-        "frame, without the drift of the integrated facing).",
+        "steps of configs/cpu.yaml and differs from it only as its name says; measured as the "
+        'model card measures the shipped model (MPJPE, mm; "facing frame": each frame in its '
+        "own facing frame, without the drift of the integrated facing).",
         "",
         "| variant | Bandai val | CMU val | HumanML3D | HumanML3D, facing frame | "
         "HumanML3D per clip |",

@@ -1,0 +1,55 @@
+"""The reconstruction losses training minimises, on a HumanML3D reference clip."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from parttok.data import HumanML3DFolder
+from parttok.training import reconstruction_losses
+
+
+@pytest.fixture(scope="module")
+def clip(humanml3d_dir):
+    reference = HumanML3DFolder(humanml3d_dir)
+    features = torch.from_numpy(reference.features(reference.ids()[0])[:64]).double()
+    mean = torch.from_numpy(reference.mean).double()
+    std = torch.from_numpy(reference.std).double()
+    return (features - mean) / std, mean, std  # (64, 263) normalised
+
+
+def _losses(reconstruction, target, mean, std, temporal=True):
+    mask = torch.ones(1, len(target), dtype=torch.bool)
+    return reconstruction_losses(reconstruction[None], target[None], mask, mean, std,
+                                 temporal=temporal)  # fmt: skip
+
+
+def test_a_perfect_reconstruction_has_no_loss(clip):
+    target, mean, std = clip
+    for name, value in _losses(target, target, mean, std).items():
+        assert value.item() == pytest.approx(0.0, abs=1e-12), name
+
+
+def test_a_wrong_turn_is_counted_in_every_later_frame(clip):
+    target, mean, std = clip
+    degrees, frame = 10.0, 40
+    reconstruction = target.clone()
+    # 10 degrees more turn at frame 40: the turning speed is half the angle, normalised
+    reconstruction[frame, 0] += math.radians(degrees) / 2 / std[0]
+    losses = _losses(reconstruction, target, mean, std)
+    frames_after = len(target) - 1 - frame  # frames 41..63 face 10 degrees further
+    expected = math.radians(degrees) * frames_after / (len(target) - 1)
+    assert losses["facing"].item() == pytest.approx(expected, rel=1e-9)
+    assert losses["joints"].item() > 0.0
+    # the same error late in the window turns fewer frames
+    later = target.clone()
+    later[60, 0] += math.radians(degrees) / 2 / std[0]
+    assert _losses(later, target, mean, std)["facing"] < losses["facing"]
+
+
+def test_a_pose_has_no_facing_or_velocity_loss(clip):
+    target, mean, std = clip
+    losses = _losses(target + 0.1, target, mean, std, temporal=False)
+    assert set(losses) == {"features", "joints"}
+    assert np.isclose(losses["features"].item(), 0.5 * 0.1**2)  # smooth L1 below its beta
