@@ -50,7 +50,9 @@ MODELS = {
     # The baselines again at the learning rate their papers train with (cpu.yaml: 1e-3).
     "t2mgpt_lr2e-4": ["--config", "configs/t2mgpt.yaml", "--model.lr", "0.0002"],
     "rvq_lr2e-4": ["--config", "configs/rvq.yaml", "--model.lr", "0.0002"],
-    # parttok with one change (ablations under the same budget).
+    # parttok with one change (ablations under the same budget); another seed shows how much
+    # of a change is chance.
+    "parttok_seed1": ["--seed_everything", "1"],
     "parttok_fsq": ["--model.model.init_args.quantizer", "fsq"],
     "parttok_facing": ["--model.facing_weight", "2.0"],
     "parttok_facing_0.25": ["--model.facing_weight", "0.25"],
@@ -62,6 +64,7 @@ LABELS = {
     "continuous": "parttok continuous (no quantizer)",
     "t2mgpt_lr2e-4": "T2M-GPT VQ-VAE, 1 x 512, lr 2e-4",
     "rvq_lr2e-4": "MoMask residual VQ, 6 x 512, lr 2e-4",
+    "parttok_seed1": "parttok, 6 parts x 512, seed 1",
     "parttok_fsq": "parttok, 6 parts x FSQ 8 x 8 x 8",
     "parttok_facing": "parttok, 6 parts x 512, facing loss weight 2",
     "parttok_facing_0.25": "parttok, 6 parts x 512, facing loss weight 0.25",
