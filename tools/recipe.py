@@ -51,7 +51,10 @@ VARIANTS = {
         "FSQ (8 x 8 x 8 levels) in place of the EMA codebooks",
         ("--model.model.init_args.quantizer", "fsq"),
     ),
-    "facing_loss": ("a facing loss (weight 2 per radian)", ("--model.facing_weight", "2.0")),
+    "facing_loss": (
+        "a facing loss (weight 0.25 per radian)",
+        ("--model.facing_weight", "0.25"),
+    ),
 }
 
 
