@@ -3,7 +3,7 @@ real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md (with
 ``--augment``: "Tokenizers side by side, trained with augmentation").
 
     python tools/prepare_data.py                   # once: data/bandai, data/cmu, data/cmu-iclone
-    python tools/compare.py --minutes 20           # train all six, then evaluate
+    python tools/compare.py --minutes 20           # train every model, then evaluate
     python tools/compare.py --evaluate-only        # re-evaluate the trained runs
     python tools/compare.py --only parttok_fsq     # train only these, evaluate all --models
     python tools/compare.py --augment --models parttok continuous t2mgpt_lr2e-4 rvq_lr2e-4
