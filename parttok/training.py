@@ -149,13 +149,7 @@ class TokenizerModule(pl.LightningModule):
             self.feature_indices,
             temporal=not self.is_pose_model,
         )
-        total = (
-            self.hparams.feature_weight * losses["features"]
-            + self.hparams.velocity_weight * losses.get("velocity", 0.0)
-            + self.hparams.facing_weight * losses.get("facing", 0.0)
-            + self.hparams.joint_weight * losses["joints"]
-            + output.aux_loss
-        )
+        total = self.weighted_loss(losses) + output.aux_loss
         size = target.shape[0]
         self.log(f"{stage}/loss", total, prog_bar=True, batch_size=size)
         self.log(f"{stage}/mpjpe_mm", 1000 * losses["joints"], prog_bar=True, batch_size=size)
@@ -163,6 +157,17 @@ class TokenizerModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value, batch_size=size)
         self.log(f"{stage}/aux", output.aux_loss, batch_size=size)
         return total
+
+    def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The reconstruction terms (``reconstruction_losses``) summed with their weights; a
+        term the losses lack (pose mode: velocity, facing) counts zero."""
+        weights = self.hparams
+        return (
+            weights.feature_weight * losses["features"]
+            + weights.velocity_weight * losses.get("velocity", 0.0)
+            + weights.facing_weight * losses.get("facing", 0.0)
+            + weights.joint_weight * losses["joints"]
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:
         return self._step(batch, "train")

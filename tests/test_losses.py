@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from parttok.data import HumanML3DFolder
-from parttok.training import reconstruction_losses
+from parttok.model import PartTokenizer
+from parttok.training import TokenizerModule, reconstruction_losses
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,20 @@ def test_a_pose_has_no_facing_or_velocity_loss(clip):
     losses = _losses(target + 0.1, target, mean, std, temporal=False)
     assert set(losses) == {"features", "joints"}
     assert np.isclose(losses["features"].item(), 0.5 * 0.1**2)  # smooth L1 below its beta
+
+
+def test_training_weighs_each_term(clip):
+    target, mean, std = clip
+    wrong = target.clone()
+    wrong[40, 0] += math.radians(10.0) / 2 / std[0]  # a wrong turn, and every feature off
+    losses = _losses(wrong + 0.01, target, mean, std)
+    module = TokenizerModule(
+        PartTokenizer(), feature_weight=1.0, velocity_weight=0.0, facing_weight=0.0,
+        joint_weight=0.0,
+    )  # fmt: skip
+    assert module.weighted_loss(losses).item() == pytest.approx(losses["features"].item())
+    facing = TokenizerModule(PartTokenizer(), facing_weight=0.25)
+    plain = TokenizerModule(PartTokenizer(), facing_weight=0.0)
+    difference = facing.weighted_loss(losses) - plain.weighted_loss(losses)
+    assert difference.item() == pytest.approx(0.25 * losses["facing"].item())
+    assert losses["facing"].item() > 0.0
