@@ -145,8 +145,11 @@ def build_vector_quantizer(
     kmeans_init: bool,
     dead_code_threshold: float,
     commitment_weight: float,
+    rotation_trick: bool = False,
 ) -> VectorQuantize:
-    """An EMA VectorQuantize with one codebook per group over (1, N, groups * code_dim)."""
+    """An EMA VectorQuantize with one codebook per group over (1, N, groups * code_dim).
+    Gradients pass the quantizer straight through, or rotated onto each code vector's
+    direction and scaled by the norms' ratio (``rotation_trick``, Fifty et al. 2024)."""
     return VectorQuantize(
         dim=groups * code_dim,
         codebook_dim=code_dim,
@@ -157,7 +160,7 @@ def build_vector_quantizer(
         kmeans_init=kmeans_init,
         threshold_ema_dead_code=dead_code_threshold,
         commitment_weight=commitment_weight,
-        rotation_trick=False,
+        rotation_trick=rotation_trick,
     )
 
 
@@ -182,6 +185,7 @@ class PartQuantizer(nn.Module):
         kmeans_init: bool = True,
         dead_code_threshold: float = 1.0,
         commitment_weight: float = 0.02,
+        rotation_trick: bool = False,
     ) -> None:
         super().__init__()
         self.num_parts, self.kind = num_parts, kind
@@ -196,6 +200,7 @@ class PartQuantizer(nn.Module):
                 kmeans_init,
                 dead_code_threshold,
                 commitment_weight,
+                rotation_trick,
             )
 
     @property
@@ -399,7 +404,9 @@ class PartTokenizer(nn.Module):
         downsample: frames per step (default 4; pose mode 1).
         quantizer: "vq" (EMA, k-means init, dead-code replacement) or "fsq".
         ema_decay, kmeans_init, commitment_weight: VQ settings; dead_code_threshold: a code
-            whose EMA usage (vectors per batch) falls below it is replaced by a batch vector.
+            whose EMA usage (vectors per batch) falls below it is replaced by a batch vector;
+            rotation_trick: gradients reach the encoder through the rotation trick, not
+            straight through.
         llm_hidden_size, projector: continuous mode's projector ("linear" or "mlp").
     """
 
@@ -427,6 +434,7 @@ class PartTokenizer(nn.Module):
         kmeans_init: bool = True,
         dead_code_threshold: float = 1.0,
         commitment_weight: float = 0.02,
+        rotation_trick: bool = False,
         dropout: float = 0.0,
         llm_hidden_size: int | None = None,
         projector: str = "linear",
@@ -467,6 +475,7 @@ class PartTokenizer(nn.Module):
             kmeans_init=kmeans_init,
             dead_code_threshold=dead_code_threshold,
             commitment_weight=commitment_weight,
+            rotation_trick=rotation_trick,
             dropout=dropout,
             llm_hidden_size=llm_hidden_size,
             projector=projector,
@@ -521,6 +530,7 @@ class PartTokenizer(nn.Module):
                 kmeans_init=kmeans_init,
                 dead_code_threshold=dead_code_threshold,
                 commitment_weight=commitment_weight,
+                rotation_trick=rotation_trick,
             )
 
         # Decoder.

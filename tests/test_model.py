@@ -237,6 +237,22 @@ def test_fsq_codes_cover_the_level_grid(windows):
         PartTokenizer(quantizer="fsq", fsq_levels=[8, 5, 5, 5], codebook_size=512)
 
 
+@pytest.mark.parametrize("rotation_trick", [False, True])
+def test_gradients_reach_the_encoder_straight_through_or_rotated(windows, rotation_trick):
+    """Straight through, the encoder's output gets exactly the gradient of the code vectors;
+    through the rotation trick it gets that gradient rotated and scaled, so a different one."""
+    model = trained_once(PartTokenizer(**SMALL, rotation_trick=rotation_trick), windows)
+    step_mask = torch.ones(8, 16, dtype=torch.bool)
+    latents = model._encode_latents(windows, torch.ones(8, 64, dtype=torch.bool), step_mask)
+    latents = latents.detach().requires_grad_()
+    quantized, codes, _ = model.quantizer(latents, step_mask)  # (8, 16, 6, d) each
+    upstream = torch.randn_like(quantized)
+    (quantized * upstream).sum().backward()
+    assert torch.allclose(quantized, model.quantizer.lookup(codes), atol=1e-5)
+    assert torch.allclose(latents.grad, upstream) != rotation_trick
+    assert model.config["rotation_trick"] is rotation_trick
+
+
 @pytest.mark.parametrize(
     ("parts", "message"),
     [

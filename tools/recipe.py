@@ -1,5 +1,6 @@
 """Ablate the shipped model's training recipe: its data (joint-space augmentation and its
-limb swings, CMU oversampling, left/right mirroring), its quantizer and its losses.
+limb swings, CMU oversampling, left/right mirroring), its quantizer, its gradients and its
+losses.
 
     python tools/prepare_data.py                              # once
     python tools/recipe.py --steps 3000                       # train every variant
@@ -54,6 +55,10 @@ VARIANTS = {
     "facing_loss": (
         "a facing loss (weight 0.25 per radian)",
         ("--model.facing_weight", "0.25"),
+    ),
+    "rotation_trick": (
+        "gradients through the codebooks by the rotation trick (not straight through)",
+        ("--model.model.init_args.rotation_trick", "true"),
     ),
 }
 
