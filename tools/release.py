@@ -119,6 +119,8 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
     parts = results["humanml3d"]["per_part_mpjpe_mm"]
     clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
     parameters = sum(p.numel() for p in tokenizer.model.parameters())
+    config = tokenizer.model.config
+    gradients = "by the rotation trick" if config.get("rotation_trick") else "straight through"
     data = textwrap.fill(
         "- Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research "
         "Motion Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the "
@@ -133,7 +135,9 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
 A six-part Transformer VQ-VAE ({type(tokenizer.model).__name__}): parts
 {", ".join(tokenizer.parts)}; {tokenizer.codebook_size} codes per part; one code per part every
 {tokenizer.frames_per_step} frames at {tokenizer.fps} fps: {tokenizer.bits_per_second:.0f} bits/s.
-{parameters / 1e6:.2f} M parameters. Identity `{tokenizer.identity}`. Input: HumanML3D 263-dim
+{parameters / 1e6:.2f} M parameters: width {config["dim"]}, {config["encoder_depth"]} encoder and \
+{config["decoder_depth"]} decoder layers; gradients pass
+the codebooks {gradients}. Identity `{tokenizer.identity}`. Input: HumanML3D 263-dim
 features (22 SMPL joints, Y up, metres, 20 fps), normalised with the statistics stored beside
 the weights (`stats.mean`, `stats.std` in `model.safetensors`).
 
