@@ -406,7 +406,8 @@ class PartTokenizer(nn.Module):
         ema_decay, kmeans_init, commitment_weight: VQ settings; dead_code_threshold: a code
             whose EMA usage (vectors per batch) falls below it is replaced by a batch vector;
             rotation_trick: gradients reach the encoder through the rotation trick, not
-            straight through.
+            straight through (off by default: trained 3,000 steps of configs/cpu.yaml it is
+            worse on every held-out set; BENCHMARKS.md, "Training recipe").
         llm_hidden_size, projector: continuous mode's projector ("linear" or "mlp").
     """
 
