@@ -11,6 +11,13 @@ motions it has, then turned into features by the reference pipeline.
 - ``swing_limb``: one limb raised and lowered again: a leg kicked forward or out to the side
   at the hip, a heel kicked back at the knee, an arm raised forward or sideways (poses Bandai
   Namco's ten actions rarely reach).
+- ``twist``: the upper body turned about the spine at spine1 and back (a serve, a swing of a
+  sword or a bat; Bandai Namco's actors face where their hips do).
+- ``crouch``: a squat: both thighs raised forward at the hips, the knees flexed twice as far,
+  the feet kept level, the upper body bent forward at the hips, and the body lowered until
+  the feet are back on the floor (``ground``).
+- ``jump``: the whole body lifted off the floor for a ballistic flight (a parabola under
+  gravity).
 
 ``Augmentation`` holds the ranges and draws from them with torch's random generator (so
 DataLoader workers differ); ``WindowDataset`` applies them.
@@ -45,6 +52,9 @@ SWING_LIMBS = {
 }
 # A knee is never flexed beyond this (the shank would pass through the thigh).
 MAX_KNEE_FLEXION = 150.0
+ANKLES = {"left": 7, "right": 8}
+FEET = (7, 8, 10, 11)  # ankles and feet: the joints that touch the floor
+GRAVITY = 9.81  # m/s^2
 
 
 def _descendants(joint: int) -> tuple[int, ...]:
@@ -148,9 +158,7 @@ def swing_limb(
     joint = JOINT_NAMES.index(limb)
     degrees = np.asarray(degrees, dtype=np.float64)
     if group is None:  # a knee
-        hip, ankle = PARENTS[joint], JOINT_NAMES.index(limb.replace("knee", "ankle"))
-        thigh = unit_vectors(joints[:, joint] - joints[:, hip])  # (T, 3)
-        shank = unit_vectors(joints[:, ankle] - joints[:, joint])
+        thigh, shank = _thigh_and_shank(joints, limb)  # (T, 3) each
         hinge = np.cross(thigh, shank)  # (T, 3): flexing turns the shank about it
         across = rigid_group_frames(joints, PELVIS_GROUP)[..., 0]  # (T, 3), the body's left
         across = across - (across * thigh).sum(-1, keepdims=True) * thigh  # square to the thigh
@@ -159,13 +167,88 @@ def swing_limb(
         hinge = hinge * np.where((hinge * across).sum(-1, keepdims=True) < 0, -1.0, 1.0)
         straight = np.linalg.norm(hinge, axis=-1, keepdims=True) < 0.1
         axes = unit_vectors(np.where(straight, across, hinge))
-        flexion = np.degrees(np.arccos(np.clip((thigh * shank).sum(-1), -1.0, 1.0)))  # (T,)
-        degrees = np.minimum(degrees, np.maximum(MAX_KNEE_FLEXION - flexion, 0.0))
+        degrees = np.minimum(degrees, knee_room(joints, limb))
     else:  # forward: about -x; out to the side: about the z axis, signed by the side
         heading = np.radians(90.0 * outward)
         local = np.array([-np.cos(heading), 0.0, side * np.sin(heading)])
         axes = unit_vectors(rigid_group_frames(joints, group) @ local)  # (T, 3) in the world
     return _rotate_about(joints, joint, _descendants(joint)[1:], axes, np.radians(degrees))
+
+
+def knee_room(joints: np.ndarray, knee: str) -> np.ndarray:
+    """(T, 22, 3) -> (T,) degrees the knee ``knee`` ("left_knee" or "right_knee") can still
+    flex before ``MAX_KNEE_FLEXION``."""
+    thigh, shank = _thigh_and_shank(joints, knee)  # (T, 3) each
+    flexion = np.degrees(np.arccos(np.clip((thigh * shank).sum(-1), -1.0, 1.0)))  # (T,)
+    return np.maximum(MAX_KNEE_FLEXION - flexion, 0.0)
+
+
+def _thigh_and_shank(joints: np.ndarray, knee: str) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 22, 3) -> (T, 3) x2: unit directions hip -> knee and knee -> ankle."""
+    joint = JOINT_NAMES.index(knee)
+    hip, ankle = PARENTS[joint], JOINT_NAMES.index(knee.replace("knee", "ankle"))
+    thigh = unit_vectors(joints[:, joint] - joints[:, hip])
+    return thigh, unit_vectors(joints[:, ankle] - joints[:, joint])
+
+
+def twist(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """(T, 22, 3), (T,) -> (T, 22, 3): the upper body (everything above spine1) turned
+    ``degrees[t]`` about the pelvis's up axis at spine1 (positive: to the left, counter-
+    clockwise seen from above when upright). Pelvis and legs stay."""
+    axes = rigid_group_frames(joints, PELVIS_GROUP)[..., 1]  # (T, 3): the pelvis's up
+    radians = np.radians(np.asarray(degrees, dtype=np.float64))
+    return _rotate_about(joints, SPINE1, UPPER_BODY, axes, radians)
+
+
+def ground(joints: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(T, 22, 3) -> (T, 22, 3): ``joints`` moved up or down, frame by frame, so that their
+    lowest foot joint (``FEET``) is as high as ``reference``'s."""
+    shift = reference[:, FEET, 1].min(-1) - joints[:, FEET, 1].min(-1)  # (T,)
+    return joints + shift[:, None, None] * np.array([0.0, 1.0, 0.0])
+
+
+def crouch(joints: np.ndarray, degrees: np.ndarray, bend: float = 0.5) -> np.ndarray:
+    """(T, 22, 3), (T,) -> (T, 22, 3): a squat ``degrees[t]`` (>= 0) deep.
+
+    Both thighs are raised ``degrees`` forward at the hips and both knees flexed twice as far
+    (no further than ``MAX_KNEE_FLEXION``), so that the shanks lean back as far as the thighs
+    lean forward; the feet turn back at the ankles to keep their pitch (all about the
+    pelvis's left-right axis); the upper body (all
+    but the legs below the hips) bends ``bend * degrees`` forward about the line through the
+    hips; then the body is lowered until its lowest foot joint is as high as before.
+    """
+    degrees = np.asarray(degrees, dtype=np.float64)
+    left = rigid_group_frames(joints, PELVIS_GROUP)[..., 0]  # (T, 3): the body's left
+    squat = joints
+    for side, ankle in ANKLES.items():
+        knee, hip = PARENTS[ankle], PARENTS[PARENTS[ankle]]
+        knee_degrees = np.minimum(2.0 * degrees, knee_room(joints, f"{side}_knee"))
+        # about the body's left: the thigh forward (negative), the shank and foot back
+        for joint, turned in (
+            (hip, -degrees),
+            (knee, knee_degrees),
+            (ankle, degrees - knee_degrees),
+        ):
+            below = _descendants(joint)[1:]
+            squat = _rotate_about(squat, joint, below, left, np.radians(turned))
+    hips = unit_vectors(squat[:, LEFT_HIP] - squat[:, RIGHT_HIP])  # (T, 3)
+    legs = set(_descendants(LEFT_HIP) + _descendants(RIGHT_HIP))
+    body = tuple(joint for joint in range(NUM_JOINTS) if joint not in legs)
+    squat = _rotate_about(squat, LEFT_HIP, body, hips, np.radians(bend * degrees))
+    return ground(squat, joints)
+
+
+def jump(joints: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """(T, 22, 3), (T,) -> (T, 22, 3): every joint lifted ``heights[t]`` metres."""
+    return joints + np.asarray(heights, dtype=np.float64)[:, None, None] * np.array([0, 1.0, 0])
+
+
+def flight(frames: int, takeoff: float, duration: float, fps: float = 20.0) -> np.ndarray:
+    """(frames,) heights in metres of a ballistic flight of ``duration`` frames from frame
+    ``takeoff``: 0 on the ground, the parabola ``g t (duration - t) / 2`` in the air."""
+    seconds = (np.arange(frames) - takeoff) / fps  # (frames,)
+    airborne = np.clip(seconds, 0.0, duration / fps)
+    return GRAVITY * airborne * (duration / fps - airborne) / 2.0
 
 
 @dataclass(frozen=True)
@@ -180,7 +263,12 @@ class Augmentation:
     the arms (left, right or both) of another random window; ``limb_swing``: probability that
     an augmented window raises and lowers one limb (a hip, knee or shoulder of
     ``SWING_LIMBS``) by up to ``swing_degrees``, over ``swing_frames`` (shortest, longest)
-    frames each way with a hold of up to as long between.
+    frames each way with a hold of up to as long between; ``twist``: probability that an
+    augmented window turns its upper body up to ``twist_degrees`` either way and back;
+    ``crouch``: probability of a squat up to ``crouch_degrees`` deep (at the hips) and up
+    again, the upper body bent forward up to as far; ``jump``: probability of a jump, in the
+    air for ``jump_frames`` (shortest, longest) frames. Twists and crouches are timed as limb
+    swings are (``swing_frames``).
     """
 
     probability: float = 0.5
@@ -192,11 +280,27 @@ class Augmentation:
     limb_swing: float = 0.5
     swing_degrees: float = 90.0
     swing_frames: tuple[float, float] = (6.0, 20.0)
+    twist: float = 0.0
+    twist_degrees: float = 60.0
+    crouch: float = 0.0
+    crouch_degrees: float = 60.0
+    jump: float = 0.0
+    jump_frames: tuple[float, float] = (6.0, 12.0)
 
     def __post_init__(self) -> None:
-        chances = (self.probability, self.arm_swap, self.limb_swing)
+        chances = (
+            self.probability,
+            self.arm_swap,
+            self.limb_swing,
+            self.twist,
+            self.crouch,
+            self.jump,
+        )
         if not all(0.0 <= chance <= 1.0 for chance in chances):
-            raise ValueError("augment: probability, arm_swap and limb_swing must lie in [0, 1]")
+            raise ValueError(
+                "augment: probability, arm_swap, limb_swing, twist, crouch and jump must lie "
+                "in [0, 1]"
+            )
         if not 0.0 < self.speed[0] <= self.speed[1]:
             raise ValueError(f"augment.speed: need 0 < slowest <= fastest, got {self.speed}")
         if self.lean_degrees[0] > self.lean_degrees[1]:
@@ -205,6 +309,10 @@ class Augmentation:
             raise ValueError("augment: need turn_degrees >= 0 and 0 < shortest <= longest turn")
         if self.swing_degrees < 0.0 or not 0.0 < self.swing_frames[0] <= self.swing_frames[1]:
             raise ValueError("augment: need swing_degrees >= 0 and 0 < shortest <= longest swing")
+        if not 0.0 <= self.twist_degrees <= 180.0 or not 0.0 <= self.crouch_degrees <= 90.0:
+            raise ValueError("augment: need twist_degrees in [0, 180], crouch_degrees in [0, 90]")
+        if not 0.0 < self.jump_frames[0] <= self.jump_frames[1]:
+            raise ValueError("augment: need 0 < shortest <= longest jump_frames")
 
     def describe(self) -> str:
         """One sentence of what the augmentation does, for model cards."""
@@ -223,6 +331,19 @@ class Augmentation:
                 f"a hip, knee or shoulder raised up to {self.swing_degrees:g} degrees and "
                 f"lowered again {self.limb_swing:.0%} of the time"
             )
+        if self.twist > 0:
+            changes.append(
+                f"the upper body twisted up to {self.twist_degrees:g} degrees and back "
+                f"{self.twist:.0%} of the time"
+            )
+        if self.crouch > 0:
+            changes.append(
+                f"a squat up to {self.crouch_degrees:g} degrees deep at the hips "
+                f"{self.crouch:.0%} of the time"
+            )
+        if self.jump > 0:
+            low, high = (frames / 20.0 for frames in self.jump_frames)
+            changes.append(f"a jump of {low:g}-{high:g} s in the air {self.jump:.0%} of the time")
         return (
             f"{self.probability:.0%} of the training windows are made anew in joint space "
             f"({', '.join(changes)}; `parttok.augment`) and turned into features by the "
@@ -254,12 +375,36 @@ class Augmentation:
         limb = list(SWING_LIMBS)[int(torch.randint(0, len(SWING_LIMBS), ()).item())]
         outward = _uniform(0.0, 1.0)
         degrees = _uniform(0.0, self.swing_degrees)
+        return limb, outward, self._pulse(frames, first, count, degrees)
+
+    def draw_twist(self, frames: int, first: int, count: int) -> np.ndarray:
+        """(frames,) degrees of a twist either way, timed as a limb swing."""
+        degrees = _uniform(-self.twist_degrees, self.twist_degrees)
+        return self._pulse(frames, first, count, degrees)
+
+    def draw_crouch(self, frames: int, first: int, count: int) -> tuple[np.ndarray, float]:
+        """(frames,) degrees of a squat, timed as a limb swing, and how far the upper body
+        bends forward with it (a share of the squat's degrees)."""
+        degrees = _uniform(0.0, self.crouch_degrees)
+        bend = _uniform(0.0, 1.0)
+        return self._pulse(frames, first, count, degrees), bend
+
+    def draw_jump(self, frames: int, first: int, count: int) -> np.ndarray:
+        """(frames,) heights in metres of one jump taking off in frames [first, first +
+        count)."""
+        duration = _uniform(*self.jump_frames)
+        return flight(frames, _uniform(first, first + count), duration)
+
+    def _pulse(self, frames: int, first: int, count: int, degrees: float) -> np.ndarray:
+        """(frames,): 0, raised to ``degrees`` over a duration drawn from ``swing_frames``,
+        held up to as long, lowered over the same duration; the top reached in frames
+        [first, first + count)."""
         duration = _uniform(*self.swing_frames)
         hold = _uniform(0.0, duration)
         start = _uniform(first, first + count) - duration
         raised = turn_profile(frames, degrees, start, duration)
         lowered = turn_profile(frames, degrees, start + duration + hold, duration)
-        return limb, outward, raised - lowered
+        return raised - lowered
 
 
 def _uniform(low: float, high: float) -> float:

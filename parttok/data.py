@@ -32,10 +32,13 @@ from torch.utils.data import DataLoader, Dataset
 from parttok.augment import (
     Augmentation,
     change_speed,
+    crouch,
+    jump,
     lean,
     splice_arms,
     swing_limb,
     turn,
+    twist,
 )
 from parttok.cli.common import process_batch
 from parttok.errors import FeatureError, InputError
@@ -413,9 +416,10 @@ class WindowDataset(Dataset):
     is drawn uniformly from the multiples of 4 in [min_window, window] (then padded to
     ``window``). With ``mirror`` half the items are mirrored left/right. With ``augment``
     (and each clip's (T, 22, 3) ``joints``) a share of the items are made in joint space,
-    played at another speed, leaned, turned, given another window's arms or a limb raised
-    and lowered (see ``parttok.augment``), then turned into features. Clips shorter than 4
-    frames are dropped. Randomness comes from torch, so DataLoader workers differ.
+    played at another speed, leaned, turned, given another window's arms, a limb raised and
+    lowered, a twist, a squat or a jump (see ``parttok.augment``), then turned into features.
+    Clips shorter than 4 frames are dropped. Randomness comes from torch, so DataLoader
+    workers differ.
     """
 
     def __init__(
@@ -509,6 +513,13 @@ class WindowDataset(Dataset):
         if augment.limb_swing > 0 and torch.rand(()).item() < augment.limb_swing:
             limb, outward, degrees = augment.draw_swing(frames, before, crop)
             window = swing_limb(window, limb, degrees, outward)
+        if augment.twist > 0 and torch.rand(()).item() < augment.twist:
+            window = twist(window, augment.draw_twist(frames, before, crop))
+        if augment.crouch > 0 and torch.rand(()).item() < augment.crouch:
+            depth, bend = augment.draw_crouch(frames, before, crop)
+            window = crouch(window, depth, bend)
+        if augment.jump > 0 and torch.rand(()).item() < augment.jump:
+            window = jump(window, augment.draw_jump(frames, before, crop))
         return joints_to_features(window)[before : before + crop]  # (crop, 263)
 
 
@@ -585,8 +596,9 @@ class MotionDataModule(pl.LightningDataModule):
 
     Training: random ``window``-frame crops of the ``train_split`` clips (see
     ``WindowDataset``; ``min_window`` for random lengths, ``mirror`` for left/right
-    augmentation, ``augment`` for speed, lean, turn, arm swaps and limb swings made from the
-    clips' joints), batches ``{"features": (B, window, 263), "mask": (B, window)}``.
+    augmentation, ``augment`` for speed, lean, turn, arm swaps, limb swings, twists, squats
+    and jumps made from the clips' joints), batches ``{"features": (B, window, 263), "mask":
+    (B, window)}``.
     Validation/test: the ``val_split``/``test_split`` clips whole (``EvalDataset``: at least
     ``val_min_length`` frames, longer clips split into ``val_max_length`` segments), padded
     to the longest in the batch, with the same two keys plus ``lengths`` and ``ids``.

@@ -1,4 +1,5 @@
-"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings) on the HumanML3D
+"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings, twists, squats, jumps)
+on the HumanML3D
 reference clips, and the training windows it feeds."""
 
 from __future__ import annotations
@@ -275,12 +276,123 @@ def test_draw_swing_raises_holds_and_lowers(monkeypatch):
     assert 30.0 > degrees[101] > degrees[111] > 0 and degrees[113] == 0.0  # the descent
 
 
+def _yaw_in_pelvis_frame(joints):
+    """(T,) degrees the chest's forward points left of the pelvis's forward."""
+    chest_forward = rigid_group_frames(joints, A.CHEST_GROUP)[..., 2]  # (T, 3)
+    local = _in_group_frame(joints, A.PELVIS_GROUP, chest_forward)
+    return np.degrees(np.arctan2(local[:, 0], local[:, 2]))
+
+
+def test_twist_turns_the_upper_body_about_the_pelvis_up_axis(walk, serve):
+    for clip in (walk, serve):
+        degrees = np.linspace(-50.0, 50.0, len(clip))
+        twisted = A.twist(clip, degrees)
+        _rigid_and_only_below(clip, twisted, A.SPINE1)
+        # positive turns the chest to the left of where the hips face
+        np.testing.assert_allclose(
+            _yaw_in_pelvis_frame(twisted) - _yaw_in_pelvis_frame(clip), degrees, atol=1e-6
+        )
+        np.testing.assert_array_equal(A.twist(clip, np.zeros(len(clip))), clip)
+
+
+def _pitch_in_pelvis_frame(joints, vectors):
+    """(T,) degrees world ``vectors`` point forward of straight down, in the pelvis's frame
+    (about its left-right axis)."""
+    local = _in_group_frame(joints, A.PELVIS_GROUP, vectors)
+    return np.degrees(np.arctan2(local[:, 2], -local[:, 1]))
+
+
+def test_crouch_squats_with_the_feet_level_and_on_the_floor(walk, serve):
+    for clip in (walk, serve):
+        frames = len(clip)
+        degrees = np.full(frames, 40.0)
+        squat = A.crouch(clip, degrees, bend=0.0)
+        np.testing.assert_allclose(bone_lengths(squat), bone_lengths(clip), atol=1e-9)
+        for group in (0, 1):  # rigid groups stay rigid
+            np.testing.assert_allclose(rigid_group_directions(squat, group),
+                                       rigid_group_directions(clip, group), atol=1e-9)  # fmt: skip
+        # the lowest foot joint is where it was; the pelvis drops
+        feet = list(A.FEET)
+        np.testing.assert_allclose(squat[:, feet, 1].min(-1), clip[:, feet, 1].min(-1), atol=1e-12)
+        drop = clip[:, 0, 1] - squat[:, 0, 1]  # (T,) metres
+        assert 0.1 < drop.mean() < 0.4 and drop.min() > 0.0
+        for side, (hip, knee, ankle, foot) in {
+            "left": (1, 4, 7, 10),
+            "right": (2, 5, 8, 11),
+        }.items():
+            # the thighs turn 40 degrees forward about the pelvis's left-right axis
+            before = _pitch_in_pelvis_frame(clip, clip[:, knee] - clip[:, hip])
+            after = _pitch_in_pelvis_frame(clip, squat[:, knee] - squat[:, hip])
+            np.testing.assert_allclose(after - before, 40.0, atol=1e-6)
+            # knees with room flex twice as far (about the same axis, so the shank leans
+            # back 40 degrees from where it was), and their feet keep their direction (a
+            # kick's knee, already near its limit, flexes less)
+            free = A.knee_room(clip, f"{side}_knee") >= 80.0  # (T,)
+            assert free.mean() >= 0.75
+            before = _pitch_in_pelvis_frame(clip, clip[:, ankle] - clip[:, knee])
+            after = _pitch_in_pelvis_frame(clip, squat[:, ankle] - squat[:, knee])
+            np.testing.assert_allclose(after[free] - before[free], -40.0, atol=1e-6)
+            feet_after = squat[free, foot] - squat[free, ankle]  # (F, 3)
+            np.testing.assert_allclose(feet_after, clip[free, foot] - clip[free, ankle], atol=1e-12)
+        # the upper body stays upright without a bend, and turns forward by bend * degrees
+        np.testing.assert_allclose(rigid_group_frames(squat, 0), rigid_group_frames(clip, 0),
+                                   atol=1e-9)  # fmt: skip
+        bent = A.crouch(clip, degrees, bend=0.5)
+        up_before = rigid_group_frames(clip, A.PELVIS_GROUP)[..., 1]  # (T, 3)
+        up_after = rigid_group_frames(bent, A.PELVIS_GROUP)[..., 1]
+        angle = np.degrees(np.arccos(np.clip((up_before * up_after).sum(-1), -1.0, 1.0)))
+        np.testing.assert_allclose(angle, 20.0, atol=1e-6)
+        assert (_in_group_frame(clip, A.PELVIS_GROUP, up_after)[:, 2] > 0).all()  # forward
+        np.testing.assert_allclose(A.crouch(clip, np.zeros(frames)), clip, atol=1e-12)
+    # no knee flexes past its limit, however deep the squat
+    deep = A.crouch(serve, np.full(len(serve), 90.0))
+    for knee in (4, 5):
+        limit = np.maximum(A.MAX_KNEE_FLEXION, _knee_flexion(serve, knee))
+        assert (_knee_flexion(deep, knee) <= limit + 1e-6).all()
+
+
+def test_a_jump_is_a_ballistic_flight():
+    heights = A.flight(40, takeoff=5.0, duration=10.0)  # (40,) metres; 0.5 s in the air
+    assert (heights[:6] == 0.0).all() and (heights[15:] == 0.0).all()
+    assert heights[10] == pytest.approx(A.GRAVITY * 0.5**2 / 8)  # the top, half-way
+    # in the air the height falls by g per second squared
+    np.testing.assert_allclose(np.diff(heights[5:16], 2), -A.GRAVITY / 20.0**2, atol=1e-12)
+    joints = np.zeros((40, 22, 3))
+    np.testing.assert_array_equal(
+        A.jump(joints, heights)[..., 1], np.repeat(heights[:, None], 22, 1)
+    )
+    np.testing.assert_array_equal(A.jump(joints, heights)[..., [0, 2]], 0.0)
+
+
+def test_draw_twist_crouch_and_jump_stay_in_their_ranges():
+    augmentation = A.Augmentation(twist_degrees=45.0, crouch_degrees=50.0, jump_frames=(6.0, 12.0))
+    torch.manual_seed(0)
+    twists = np.stack([augmentation.draw_twist(186, 60, 66) for _ in range(200)])  # (200, 186)
+    assert (
+        np.abs(twists).max() <= 45.0 and (twists.max(1) > 30).any() and (twists.min(1) < -30).any()
+    )
+    assert (twists[:, 0] == 0).all() and (twists[:, -1] == 0).all()  # back where it began
+    for _ in range(100):
+        depth, bend = augmentation.draw_crouch(186, 60, 66)
+        assert 0.0 <= depth.min() and depth.max() <= 50.0 and 0.0 <= bend <= 1.0
+        assert depth[0] == 0.0 and depth[-1] == 0.0
+        heights = augmentation.draw_jump(186, 60, 66)
+        airborne = np.flatnonzero(heights > 0)
+        assert 60 <= airborne[0] <= 127 and len(airborne) <= 12
+        assert heights.max() <= A.GRAVITY * (12 / 20) ** 2 / 8 + 1e-12
+
+
 def test_augmentation_describes_itself_for_model_cards():
     text = A.Augmentation().describe()
     assert text.startswith("50% of the training windows") and "0.75-1.33x" in text
     assert "up to 180 degrees" in text and "raised up to 90 degrees" in text
     quiet = A.Augmentation(probability=0.25, arm_swap=0.0, limb_swing=0.0).describe()
     assert quiet.startswith("25%") and "arms" not in quiet and "raised" not in quiet
+    assert not {"twist", "squat", "jump"} & set(quiet.replace(",", " ").split())
+    busy = A.Augmentation(twist=0.2, crouch=0.3, jump=0.1).describe()
+    assert "twisted up to 60 degrees and back 20% of the time" in busy
+    assert "a squat up to 60 degrees deep at the hips 30%" in busy
+    assert "a jump of 0.3-0.6 s in the air 10% of the time" in busy
 
 
 def test_augmentation_checks_its_ranges():
@@ -298,6 +410,12 @@ def test_augmentation_checks_its_ranges():
         A.Augmentation(swing_frames=(10.0, 5.0))
     with pytest.raises(ValueError, match="swing_degrees"):
         A.Augmentation(swing_degrees=-1.0)
+    with pytest.raises(ValueError, match="crouch"):
+        A.Augmentation(crouch=2.0)
+    with pytest.raises(ValueError, match="crouch_degrees"):
+        A.Augmentation(crouch_degrees=120.0)
+    with pytest.raises(ValueError, match="jump_frames"):
+        A.Augmentation(jump_frames=(0.0, 4.0))
     augmentation = A.Augmentation(speed=(0.5, 2.0))
     torch.manual_seed(0)
     speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
@@ -369,8 +487,10 @@ def test_dataloader_workers_draw_different_windows(folder):
     assert not torch.allclose(first, second)
 
 
-def test_augmented_windows_are_valid_motion_features(folder):
-    augmentation = A.Augmentation(probability=1.0, arm_swap=1.0)
+@pytest.mark.parametrize("squats", [False, True], ids=["shipped", "twist_crouch_jump"])
+def test_augmented_windows_are_valid_motion_features(folder, squats):
+    more = {"twist": 1.0, "crouch": 1.0, "jump": 1.0} if squats else {}
+    augmentation = A.Augmentation(probability=1.0, arm_swap=1.0, **more)
     dataset, items = _windows(folder, augmentation)
     stored = (dataset.frames - dataset.mean) / dataset.std
     new = 0
@@ -394,6 +514,8 @@ def test_datamodule_keeps_augmentation_as_plain_numbers(humanml3d_dir):
         "probability": 0.5, "speed": (0.75, 1.33), "lean_degrees": (-10.0, 30.0),
         "turn_degrees": 180.0, "turn_frames": (10.0, 40.0), "arm_swap": 0.5,
         "limb_swing": 0.5, "swing_degrees": 90.0, "swing_frames": (6.0, 20.0),
+        "twist": 0.0, "twist_degrees": 60.0, "crouch": 0.0, "crouch_degrees": 60.0,
+        "jump": 0.0, "jump_frames": (6.0, 12.0),
     }  # fmt: skip
     from_yaml = D.MotionDataModule([str(humanml3d_dir)], augment={"probability": 1.0},
                                    train_split="all", window=32)  # fmt: skip

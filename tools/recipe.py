@@ -1,6 +1,6 @@
 """Ablate the shipped model's training recipe: its data (joint-space augmentation and its
-limb swings, CMU oversampling, left/right mirroring), its quantizer, its gradients and its
-losses.
+limb swings, twists, squats and jumps, CMU oversampling, left/right mirroring), its
+quantizer, its gradients and its losses.
 
     python tools/prepare_data.py                              # once
     python tools/recipe.py --steps 3000                       # train every variant
@@ -47,6 +47,14 @@ VARIANTS = {
     "no_oversampling": (
         "no oversampling (each folder once)",
         ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
+    ),
+    "oversample_6": (
+        "CMU oversampled 6x (not 3x)",
+        ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]"),
+    ),
+    "twist_crouch_jump": (
+        "augmentation adds twists (30%), squats (30%) and jumps (20%)",
+        ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}"),
     ),
     "augment_80": (
         "80% of the windows augmented (not 50%)",
