@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import evaluation_sets, measure, score, train  # noqa: E402 (tools/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
+OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
+TWIST_CROUCH_JUMP = ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}")
 VARIANTS = {
     "shipped": ("the shipped recipe: CMU oversampled 3x, mirroring, augmentation", ()),
     "seed_1": (
@@ -48,13 +50,14 @@ VARIANTS = {
         "no oversampling (each folder once)",
         ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
     ),
-    "oversample_6": (
-        "CMU oversampled 6x (not 3x)",
-        ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]"),
-    ),
+    "oversample_6": ("CMU oversampled 6x (not 3x)", OVERSAMPLE_6),
     "twist_crouch_jump": (
         "augmentation adds twists (30%), squats (30%) and jumps (20%)",
-        ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}"),
+        TWIST_CROUCH_JUMP,
+    ),
+    "oversample_6_twist_crouch_jump": (
+        "CMU oversampled 6x, and augmentation adds twists, squats and jumps",
+        OVERSAMPLE_6 + TWIST_CROUCH_JUMP,
     ),
     "augment_80": (
         "80% of the windows augmented (not 50%)",
