@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from parttok.augment import Augmentation
 from parttok.cli import main
@@ -98,7 +100,9 @@ def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path, mon
     assert train(converted, tmp_path, *cpu, *small, *steps) == 0
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     augment = checkpoint["datamodule_hyper_parameters"]["augment"]
-    assert augment["probability"] == 0.5 and augment["turn_degrees"] == 180.0
+    shipped = yaml.safe_load((REPO / "configs" / "cpu.yaml").read_text())["data"]["augment"]
+    as_numbers = json.loads(json.dumps(asdict(Augmentation(**shipped))))  # tuples as lists
+    assert augment == as_numbers and augment["turn_degrees"] == 180.0
     more = ["--trainer.max_steps", "3", "--ckpt_path", "last"]
     assert train(converted, tmp_path, *cpu, *small, *more) == 0
     training = json.loads((tmp_path / "tokenizer" / CONFIG_FILE).read_text())["training"]
@@ -109,7 +113,8 @@ def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path, mon
 
     data = saved_data(tmp_path)
     assert folders_text(data) == converted.name
-    assert windows_text(data) == "windows are mirrored left/right; " + Augmentation().describe()
+    described = Augmentation(**shipped).describe()
+    assert windows_text(data) == "windows are mirrored left/right; " + described
     older = {**data, "augment": {"probability": 0.5, "arm_swap": 0.3}}  # saved before turns
     assert "one turn" not in windows_text(older) and "raised" not in windows_text(older)
     assert "arms 30% of the time" in windows_text(older)
