@@ -8,17 +8,19 @@ quantizer, its gradients and its losses.
     python tools/recipe.py --steps 3000 --evaluate-only       # measure trained runs again
 
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
-other load do not change the result, only the time): "shipped" is cpu.yaml as it is (the CMU
-folders listed three times, mirroring and augmentation on), each other variant changes one
-thing. Runs go to runs/recipe<steps>/<variant>, one folder per step count. Measured as
-tools/release.py measures the shipped model. Writes the "## Training recipe, N steps" section
-of BENCHMARKS.md.
+other load do not change the result, only the time) with the data settings of the recipe the
+ablations started from (``BASE``: the CMU folders listed three times, mirroring, augmentation
+without twists, squats or jumps), changed as the variant's name says ("base" changes nothing).
+The run the shipped model came from is marked. Runs go to runs/recipe<steps>/<variant>, one
+folder per step count. Measured as tools/release.py measures the shipped model. Writes the
+"## Training recipe, N steps" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,18 +28,29 @@ from pathlib import Path
 import torch
 
 from parttok.io import machine_description, replace_markdown_section
-from parttok.tokenizer import Tokenizer
+from parttok.tokenizer import PRETRAINED_DIR, Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release import evaluation_sets, measure, score, train  # noqa: E402 (tools/ is not a package)
+from release import METRICS, evaluation_sets, measure, score, train  # noqa: E402 (tools/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
+# The recipe of model 63edf37f, whatever configs/cpu.yaml now sets: every variant starts here.
+BASE = (
+    "--data.data_dirs",
+    "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",
+    "--data.augment",
+    "{twist: 0.0, crouch: 0.0, jump: 0.0}",
+)
 OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
+OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
 TWIST_CROUCH_JUMP = ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}")
 VARIANTS = {
-    "shipped": ("the shipped recipe: CMU oversampled 3x, mirroring, augmentation", ()),
+    "base": (
+        "the base recipe (model 63edf37f): CMU oversampled 3x, mirroring, augmentation",
+        (),
+    ),
     "seed_1": (
-        "the shipped recipe, seed 1 (not 0): how far chance moves a run",
+        "the base recipe, seed 1 (not 0): how far chance moves a run",
         ("--seed_everything", "1"),
     ),
     "no_augmentation": ("no augmentation", ("--data.augment", "null")),
@@ -51,6 +64,7 @@ VARIANTS = {
         ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
     ),
     "oversample_6": ("CMU oversampled 6x (not 3x)", OVERSAMPLE_6),
+    "oversample_10": ("CMU oversampled 10x (not 3x)", OVERSAMPLE_10),
     "twist_crouch_jump": (
         "augmentation adds twists (30%), squats (30%) and jumps (20%)",
         TWIST_CROUCH_JUMP,
@@ -94,7 +108,7 @@ def main() -> int:
         for name in args.only or VARIANTS:
             extra = VARIANTS[name][1]
             print(f"training {name} for {args.steps} steps", flush=True)
-            train(args.out / name, args.minutes, args.steps, extra)
+            train(args.out / name, args.minutes, args.steps, BASE + extra)
     trained = [name for name in VARIANTS if (args.out / name / "tokenizer").is_dir()]
     if not trained:
         raise SystemExit(f"no variant trained in {args.out}: train them first")
@@ -107,7 +121,8 @@ def main() -> int:
         f"Command: `python tools/recipe.py --steps {args.steps} --out {out}` (after `python "
         f"tools/prepare_data.py`). {machine_description()}, no GPU; "
         f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
-        "steps of configs/cpu.yaml and differs from it only as its name says; measured as the "
+        "steps of configs/cpu.yaml with the base recipe's data settings and differs from it only "
+        "as its name says; measured as the "
         'model card measures the shipped model (MPJPE, mm; "facing frame": each frame in its '
         "own facing frame, without the drift of the integrated facing).",
         "",
@@ -115,8 +130,11 @@ def main() -> int:
         "| HumanML3D, facing frame | HumanML3D per clip |",
         "|---|---|---|---|---|---|---|",
     ]
+    shipped = json.loads((PRETRAINED_DIR / METRICS).read_text())["training"]["run"]
     for name in trained:
         label = VARIANTS[name][0]
+        if (args.out / name).resolve() == (REPO / shipped).resolve():
+            label = f"**{label} (shipped)**"
         tokenizer = Tokenizer.from_pretrained(args.out / name / "tokenizer")
         results = measure(tokenizer, sets)
         clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})

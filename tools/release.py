@@ -31,7 +31,7 @@ import yaml
 from parttok.augment import Augmentation
 from parttok.data import HumanML3DFolder
 from parttok.evaluation import evaluate_clips
-from parttok.io import machine_description, write_text
+from parttok.io import atomic_path, machine_description, write_text
 from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, WEIGHTS_FILE, Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +231,8 @@ def main() -> int:
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copyfile(args.run / "tokenizer" / name, PRETRAINED_DIR / name)
+        with atomic_path(PRETRAINED_DIR / name) as temporary:
+            shutil.copyfile(args.run / "tokenizer" / name, temporary)
     summary = {"training": {**training, "run": str(training["run"])}, "results": results}
     write_text(PRETRAINED_DIR / METRICS, json.dumps(summary, indent=2) + "\n")
     write_text(PRETRAINED_DIR / CARD, model_card(candidate, results, training))
