@@ -134,7 +134,7 @@ def main() -> int:
     for name in trained:
         label = VARIANTS[name][0]
         if (args.out / name).resolve() == (REPO / shipped).resolve():
-            label = f"**{label} (shipped)**"
+            label = f"**{label}: shipped**"
         tokenizer = Tokenizer.from_pretrained(args.out / name / "tokenizer")
         results = measure(tokenizer, sets)
         clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})

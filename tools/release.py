@@ -119,6 +119,12 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
     parts = results["humanml3d"]["per_part_mpjpe_mm"]
     clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
     parameters = sum(p.numel() for p in tokenizer.model.parameters())
+    world, facing = (results["humanml3d"][key] for key in ("mpjpe_mm", "facing_mpjpe_mm"))
+    drift = (
+        ": the rest is the facing drifting as the root's turning speed is integrated"
+        if facing < world
+        else ", no lower than in the world frame: the facing's drift costs nothing on these clips"
+    )
     config = tokenizer.model.config
     gradients = "by the rotation trick" if config.get("rotation_trick") else "straight through"
     data = textwrap.fill(
@@ -165,16 +171,15 @@ root's turning speed integrates to); usage = share of each part's codebook used 
 
 Per-part MPJPE on the HumanML3D clips (mm): {", ".join(f"{k} {v:.1f}" for k, v in parts.items())}.
 Per clip (mm): {", ".join(f"{k} {v:.1f}" for k, v in clips.items()) or "not kept (over 10 clips)"}.
-In each frame's own facing frame the HumanML3D error is
-{results["humanml3d"]["facing_mpjpe_mm"]:.1f} mm: the rest is the facing drifting as the root's
-turning speed is integrated (HumanML3D's smoothed facing turns up to 28 degrees in one frame in
-the tennis serve 012314; the training clips rarely turn faster than 2, and the `turn`
-augmentation adds such turns).
+In each frame's own facing frame the HumanML3D error is {facing:.1f} mm{drift}
+(HumanML3D's smoothed facing turns up to 28 degrees in one frame in the tennis serve 012314;
+the training clips rarely turn faster than 2, and the `turn` augmentation adds such turns).
 The HumanML3D clips are AMASS motion from other performers, skeletons and capture systems,
 and actions the training data lacks: there the error is several times the in-distribution
-error, so the model does not yet generalise beyond the kind of motion it trained on (about
-97% of its training frames are Bandai Namco's ten actions). Expect the HumanML3D figure, not
-the Bandai one, on new motion.
+error, so the model does not yet generalise beyond the kind of motion it trained on (96% of
+the distinct frames it trained on are Bandai Namco's ten actions; listing the CMU folders
+several times weighs them more, not more varied). Expect the HumanML3D figure, not the Bandai
+one, on new motion.
 
 ## Data licences and attribution
 - Bandai Namco Research Motion Dataset 2: CC BY-NC 4.0, (c) Bandai Namco Research Inc.
