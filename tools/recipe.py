@@ -64,6 +64,10 @@ VARIANTS = {
         ("--data.data_dirs", "[data/bandai, data/cmu, data/cmu-iclone]"),
     ),
     "oversample_6": ("CMU oversampled 6x (not 3x)", OVERSAMPLE_6),
+    "oversample_6_seed_1": (
+        "CMU oversampled 6x, seed 1: how far chance moves that run",
+        OVERSAMPLE_6 + ("--seed_everything", "1"),
+    ),
     "oversample_10": ("CMU oversampled 10x (not 3x)", OVERSAMPLE_10),
     "twist_crouch_jump": (
         "augmentation adds twists (30%), squats (30%) and jumps (20%)",
