@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from parttok.features import FPS
 from parttok.rotations import axis_angle_matrix, qrot
 from parttok.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
 
@@ -203,8 +204,7 @@ def twist(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
 def ground(joints: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(T, 22, 3) -> (T, 22, 3): ``joints`` moved up or down, frame by frame, so that their
     lowest foot joint (``FEET``) is as high as ``reference``'s."""
-    shift = reference[:, FEET, 1].min(-1) - joints[:, FEET, 1].min(-1)  # (T,)
-    return joints + shift[:, None, None] * np.array([0.0, 1.0, 0.0])
+    return jump(joints, reference[:, FEET, 1].min(-1) - joints[:, FEET, 1].min(-1))
 
 
 def crouch(joints: np.ndarray, degrees: np.ndarray, bend: float = 0.5) -> np.ndarray:
@@ -213,9 +213,9 @@ def crouch(joints: np.ndarray, degrees: np.ndarray, bend: float = 0.5) -> np.nda
     Both thighs are raised ``degrees`` forward at the hips and both knees flexed twice as far
     (no further than ``MAX_KNEE_FLEXION``), so that the shanks lean back as far as the thighs
     lean forward; the feet turn back at the ankles to keep their pitch (all about the
-    pelvis's left-right axis); the upper body (all
-    but the legs below the hips) bends ``bend * degrees`` forward about the line through the
-    hips; then the body is lowered until its lowest foot joint is as high as before.
+    pelvis's left-right axis); the upper body (all but the legs below the hips) bends
+    ``bend * degrees`` forward about the line through the hips; then the body is lowered
+    until its lowest foot joint is as high as before.
     """
     degrees = np.asarray(degrees, dtype=np.float64)
     left = rigid_group_frames(joints, PELVIS_GROUP)[..., 0]  # (T, 3): the body's left
@@ -239,11 +239,12 @@ def crouch(joints: np.ndarray, degrees: np.ndarray, bend: float = 0.5) -> np.nda
 
 
 def jump(joints: np.ndarray, heights: np.ndarray) -> np.ndarray:
-    """(T, 22, 3), (T,) -> (T, 22, 3): every joint lifted ``heights[t]`` metres."""
+    """(T, 22, 3), (T,) -> (T, 22, 3): every joint lifted ``heights[t]`` metres (negative:
+    lowered)."""
     return joints + np.asarray(heights, dtype=np.float64)[:, None, None] * np.array([0, 1.0, 0])
 
 
-def flight(frames: int, takeoff: float, duration: float, fps: float = 20.0) -> np.ndarray:
+def flight(frames: int, takeoff: float, duration: float, fps: float = FPS) -> np.ndarray:
     """(frames,) heights in metres of a ballistic flight of ``duration`` frames from frame
     ``takeoff``: 0 on the ground, the parabola ``g t (duration - t) / 2`` in the air."""
     seconds = (np.arange(frames) - takeoff) / fps  # (frames,)
@@ -342,7 +343,7 @@ class Augmentation:
                 f"{self.crouch:.0%} of the time"
             )
         if self.jump > 0:
-            low, high = (frames / 20.0 for frames in self.jump_frames)
+            low, high = (frames / FPS for frames in self.jump_frames)
             changes.append(f"a jump of {low:g}-{high:g} s in the air {self.jump:.0%} of the time")
         return (
             f"{self.probability:.0%} of the training windows are made anew in joint space "
