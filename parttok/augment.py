@@ -168,7 +168,7 @@ def swing_limb(
         hinge = hinge * np.where((hinge * across).sum(-1, keepdims=True) < 0, -1.0, 1.0)
         straight = np.linalg.norm(hinge, axis=-1, keepdims=True) < 0.1
         axes = unit_vectors(np.where(straight, across, hinge))
-        degrees = np.minimum(degrees, knee_room(joints, limb))
+        degrees = np.minimum(degrees, _room(thigh, shank))
     else:  # forward: about -x; out to the side: about the z axis, signed by the side
         heading = np.radians(90.0 * outward)
         local = np.array([-np.cos(heading), 0.0, side * np.sin(heading)])
@@ -179,8 +179,12 @@ def swing_limb(
 def knee_room(joints: np.ndarray, knee: str) -> np.ndarray:
     """(T, 22, 3) -> (T,) degrees the knee ``knee`` ("left_knee" or "right_knee") can still
     flex before ``MAX_KNEE_FLEXION``."""
-    thigh, shank = _thigh_and_shank(joints, knee)  # (T, 3) each
-    flexion = np.degrees(np.arccos(np.clip((thigh * shank).sum(-1), -1.0, 1.0)))  # (T,)
+    return _room(*_thigh_and_shank(joints, knee))
+
+
+def _room(thigh: np.ndarray, shank: np.ndarray) -> np.ndarray:
+    """(T, 3) x2 unit directions -> (T,) degrees left before ``MAX_KNEE_FLEXION``."""
+    flexion = np.degrees(np.arccos(np.clip((thigh * shank).sum(-1), -1.0, 1.0)))
     return np.maximum(MAX_KNEE_FLEXION - flexion, 0.0)
 
 
