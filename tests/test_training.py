@@ -123,6 +123,49 @@ def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path, mon
     )
 
 
+def printed_config(capsys, *args: str) -> dict:
+    """The configuration ``parttok train ARGS --print_config`` resolves (nothing trains)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatch):
+    """tools/recipe.py: each variant's flags parse against cpu.yaml (a mistyped key would stop
+    LightningCLI), and the run differs from the base recipe only in the keys it sets; an
+    augmentation dict is merged into the base's, a list replaces it."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from recipe import BASE, VARIANTS
+
+    def pairs(flags: tuple) -> dict:
+        return {
+            flag.removeprefix("--"): yaml.safe_load(value)
+            for flag, value in zip(flags[::2], flags[1::2], strict=True)
+        }
+
+    def lookup(config: dict, key: str):
+        for name in key.split("."):
+            config = config[name]
+        return config
+
+    cpu = ["--config", str(REPO / "configs" / "cpu.yaml")]
+    base = printed_config(capsys, *cpu, *BASE)
+    assert base["data"]["augment"]["crouch"] == 0.0 and len(base["data"]["data_dirs"]) == 7
+    for name, (_, extra) in VARIANTS.items():
+        config = printed_config(capsys, *cpu, *BASE, *extra)
+        changed = pairs(extra)
+        for key, value in changed.items():
+            if isinstance(value, dict):
+                assert lookup(config, key) == {**lookup(base, key), **value}, name
+            else:
+                assert lookup(config, key) == value, name
+        for section in ("model", "data", "seed_everything"):
+            if not any(key.split(".")[0] == section for key in changed):
+                assert config[section] == base[section], (name, section)
+
+
 def test_save_and_load_give_identical_codes(converted, tmp_path):
     assert train(converted, tmp_path, "--trainer.max_steps", "4") == 0
     first = Tokenizer.from_pretrained(tmp_path / "tokenizer")

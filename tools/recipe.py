@@ -44,6 +44,7 @@ BASE = (
 OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
 OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
 TWIST_CROUCH_JUMP = ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}")
+CROUCH_JUMP = ("--data.augment", "{crouch: 0.3, jump: 0.2}")
 VARIANTS = {
     "base": (
         "the base recipe (model 63edf37f): CMU oversampled 3x, mirroring, augmentation",
@@ -76,6 +77,14 @@ VARIANTS = {
     "oversample_6_twist_crouch_jump": (
         "CMU oversampled 6x, and augmentation adds twists, squats and jumps",
         OVERSAMPLE_6 + TWIST_CROUCH_JUMP,
+    ),
+    "oversample_6_crouch_jump": (
+        "CMU oversampled 6x, and augmentation adds squats and jumps (no twists)",
+        OVERSAMPLE_6 + CROUCH_JUMP,
+    ),
+    "oversample_6_dropout": (
+        "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
+        OVERSAMPLE_6 + ("--model.model.init_args.dropout", "0.1"),
     ),
     "augment_80": (
         "80% of the windows augmented (not 50%)",
