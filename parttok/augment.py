@@ -18,6 +18,9 @@ motions it has, then turned into features by the reference pipeline.
   the feet are back on the floor (``ground``).
 - ``jump``: the whole body lifted off the floor for a ballistic flight (a parabola under
   gravity).
+- ``tilt``: the whole body turned forward or back about the line through its hips, then set
+  down on its lowest joint: bowing down to the floor, lying on the front or back, upside
+  down (floor work, falls and acrobatics; every training clip stands).
 
 ``Augmentation`` holds the ranges and draws from them with torch's random generator (so
 DataLoader workers differ); ``WindowDataset`` applies them.
@@ -89,12 +92,20 @@ def lean(joints: np.ndarray, degrees: float) -> np.ndarray:
     """(T, 22, 3) -> (T, 22, 3): the spine above spine1 turned ``degrees`` forward (negative:
     back) about spine1, around each frame's horizontal hip axis. Frames whose hip axis is
     nearly vertical (lying on one side) keep their pose."""
+    axes, level = _level_hip_axes(joints)
+    return _rotate_about(
+        joints, SPINE1, UPPER_BODY, axes, np.where(level, np.radians(degrees), 0.0)
+    )
+
+
+def _level_hip_axes(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 22, 3) -> (T, 3) unit horizontal axes to the body's left (the hip line flattened)
+    and (T,) whether the hips are level enough for that axis to mean anything (not lying on
+    one side)."""
     hips = (joints[:, LEFT_HIP] - joints[:, RIGHT_HIP]) * np.array([1.0, 0.0, 1.0])  # (T, 3)
     width = np.linalg.norm(joints[:, LEFT_HIP] - joints[:, RIGHT_HIP], axis=-1)
-    level = np.linalg.norm(hips, axis=-1) > 0.5 * width  # (T,): a lean, not a twist
-    angles = np.where(level, np.radians(degrees), 0.0)
-    axes = unit_vectors(np.where(level[:, None], hips, [1.0, 0.0, 0.0]))  # (T, 3), to the left
-    return _rotate_about(joints, SPINE1, UPPER_BODY, axes, angles)
+    level = np.linalg.norm(hips, axis=-1) > 0.5 * width  # (T,)
+    return unit_vectors(np.where(level[:, None], hips, [1.0, 0.0, 0.0])), level
 
 
 def _rotate_about(
@@ -205,10 +216,25 @@ def twist(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
     return _rotate_about(joints, SPINE1, UPPER_BODY, axes, radians)
 
 
-def ground(joints: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def ground(
+    joints: np.ndarray, reference: np.ndarray, contacts: tuple[int, ...] = FEET
+) -> np.ndarray:
     """(T, 22, 3) -> (T, 22, 3): ``joints`` moved up or down, frame by frame, so that their
-    lowest foot joint (``FEET``) is as high as ``reference``'s."""
-    return jump(joints, reference[:, FEET, 1].min(-1) - joints[:, FEET, 1].min(-1))
+    lowest joint of ``contacts`` (the feet unless given) is as high as ``reference``'s."""
+    contacts = list(contacts)
+    return jump(joints, reference[:, contacts, 1].min(-1) - joints[:, contacts, 1].min(-1))
+
+
+def tilt(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """(T, 22, 3), (T,) -> (T, 22, 3): the whole body turned ``degrees[t]`` forward (negative:
+    back) about the horizontal line through its pelvis to its left, then moved up or down so
+    that its lowest joint is as high as before (90 forward: lying on the front; -90: on the
+    back; 180: upside down). The hip line stays where it points, so the facing the features
+    take from hips and shoulders does not turn. Frames lying on one side keep their pose."""
+    axes, level = _level_hip_axes(joints)
+    radians = np.where(level, np.radians(np.asarray(degrees, dtype=np.float64)), 0.0)
+    tilted = _rotate_about(joints, PELVIS, tuple(range(1, NUM_JOINTS)), axes, radians)
+    return ground(tilted, joints, tuple(range(NUM_JOINTS)))
 
 
 def crouch(joints: np.ndarray, degrees: np.ndarray, bend: float = 0.5) -> np.ndarray:
@@ -272,8 +298,9 @@ class Augmentation:
     augmented window turns its upper body up to ``twist_degrees`` either way and back;
     ``crouch``: probability of a squat up to ``crouch_degrees`` deep (at the hips) and up
     again, the upper body bent forward up to as far; ``jump``: probability of a jump, in the
-    air for ``jump_frames`` (shortest, longest) frames. Twists and crouches are timed as limb
-    swings are (``swing_frames``).
+    air for ``jump_frames`` (shortest, longest) frames; ``tilt``: probability that the whole
+    body turns forward or back by ``tilt_degrees`` (back, forward), drawn uniformly, and up
+    again. Twists, crouches and tilts are timed as limb swings are (``swing_frames``).
     """
 
     probability: float = 0.5
@@ -291,6 +318,8 @@ class Augmentation:
     crouch_degrees: float = 60.0
     jump: float = 0.0
     jump_frames: tuple[float, float] = (6.0, 12.0)
+    tilt: float = 0.0
+    tilt_degrees: tuple[float, float] = (-90.0, 180.0)
 
     def __post_init__(self) -> None:
         chances = (
@@ -300,11 +329,12 @@ class Augmentation:
             self.twist,
             self.crouch,
             self.jump,
+            self.tilt,
         )
         if not all(0.0 <= chance <= 1.0 for chance in chances):
             raise ValueError(
-                "augment: probability, arm_swap, limb_swing, twist, crouch and jump must lie "
-                "in [0, 1]"
+                "augment: probability, arm_swap, limb_swing, twist, crouch, jump and tilt must "
+                "lie in [0, 1]"
             )
         if not 0.0 < self.speed[0] <= self.speed[1]:
             raise ValueError(f"augment.speed: need 0 < slowest <= fastest, got {self.speed}")
@@ -318,6 +348,11 @@ class Augmentation:
             raise ValueError("augment: need twist_degrees in [0, 180], crouch_degrees in [0, 90]")
         if not 0.0 < self.jump_frames[0] <= self.jump_frames[1]:
             raise ValueError("augment: need 0 < shortest <= longest jump_frames")
+        if not -180.0 <= self.tilt_degrees[0] <= self.tilt_degrees[1] <= 180.0:
+            raise ValueError(
+                "augment.tilt_degrees: need -180 <= back <= forward <= 180, got "
+                f"{self.tilt_degrees}"
+            )
 
     def describe(self) -> str:
         """One sentence of what the augmentation does, for model cards."""
@@ -349,6 +384,12 @@ class Augmentation:
         if self.jump > 0:
             low, high = (frames / FPS for frames in self.jump_frames)
             changes.append(f"a jump of {low:g}-{high:g} s in the air {self.jump:.0%} of the time")
+        if self.tilt > 0:
+            back, forward = self.tilt_degrees
+            changes.append(
+                f"the whole body tilted {back:g} to {forward:g} degrees forward and up again "
+                f"{self.tilt:.0%} of the time"
+            )
         return (
             f"{self.probability:.0%} of the training windows are made anew in joint space "
             f"({', '.join(changes)}; `parttok.augment`) and turned into features by the "
@@ -399,6 +440,11 @@ class Augmentation:
         count)."""
         duration = _uniform(*self.jump_frames)
         return flight(frames, _uniform(first, first + count), duration)
+
+    def draw_tilt(self, frames: int, first: int, count: int) -> np.ndarray:
+        """(frames,) degrees of a whole-body tilt (positive: forward), timed as a limb
+        swing."""
+        return self._pulse(frames, first, count, _uniform(*self.tilt_degrees))
 
     def _pulse(self, frames: int, first: int, count: int, degrees: float) -> np.ndarray:
         """(frames,): 0, raised to ``degrees`` over a duration drawn from ``swing_frames``,

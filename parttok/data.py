@@ -37,6 +37,7 @@ from parttok.augment import (
     lean,
     splice_arms,
     swing_limb,
+    tilt,
     turn,
     twist,
 )
@@ -518,6 +519,8 @@ class WindowDataset(Dataset):
         if augment.crouch > 0 and torch.rand(()).item() < augment.crouch:
             depth, bend = augment.draw_crouch(frames, before, crop)
             window = crouch(window, depth, bend)
+        if augment.tilt > 0 and torch.rand(()).item() < augment.tilt:
+            window = tilt(window, augment.draw_tilt(frames, before, crop))
         if augment.jump > 0 and torch.rand(()).item() < augment.jump:
             window = jump(window, augment.draw_jump(frames, before, crop))
         return joints_to_features(window)[before : before + crop]  # (crop, 263)

@@ -1,12 +1,12 @@
-"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings, twists, squats, jumps)
-on the HumanML3D
-reference clips, and the training windows it feeds."""
+"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings, twists, squats, jumps,
+tilts) on the HumanML3D reference clips, and the training windows it feeds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from parttok import augment as A
 from parttok import data as D
@@ -364,8 +364,40 @@ def test_a_jump_is_a_ballistic_flight():
     np.testing.assert_array_equal(A.jump(joints, heights)[..., [0, 2]], 0.0)
 
 
-def test_draw_twist_crouch_and_jump_stay_in_their_ranges():
-    augmentation = A.Augmentation(twist_degrees=45.0, crouch_degrees=50.0, jump_frames=(6.0, 12.0))
+def test_tilt_turns_the_whole_body_about_its_hips_and_sets_it_down(folder, walk, serve):
+    for clip in (walk, serve):
+        frames = len(clip)
+        left = (clip[:, 1] - clip[:, 2]) * np.array([1.0, 0.0, 1.0])
+        left /= np.linalg.norm(left, axis=-1, keepdims=True)  # (T, 3): the horizontal hip line
+        for degrees in (90.0, -90.0, 180.0, 35.0):
+            tilted = A.tilt(clip, np.full(frames, degrees))
+            np.testing.assert_allclose(bone_lengths(tilted), bone_lengths(clip), atol=1e-9)
+            # about the hip line through the pelvis: each joint's offset from the pelvis turns
+            # by the angle (positive: the head goes forward and down)
+            spin = Rotation.from_rotvec(left * np.radians(degrees))  # T rotations
+            offsets = (clip - clip[:, :1]).transpose(1, 0, 2)  # (22, T, 3)
+            expected = np.stack([spin.apply(joint) for joint in offsets], axis=1)  # (T, 22, 3)
+            np.testing.assert_allclose(tilted - tilted[:, :1], expected, atol=1e-9)
+            # set down: the lowest joint is as high as the lowest joint was
+            np.testing.assert_allclose(tilted[..., 1].min(-1), clip[..., 1].min(-1), atol=1e-12)
+    # a walk over stepping stones (upright): on its front at 90 degrees, the head ahead of
+    # the pelvis and the pelvis near the floor; upside down at 180, the head under the pelvis
+    # and the feet up
+    walk = folder.joints("007005").astype(np.float64)
+    left = unit_vectors((walk[:, 1] - walk[:, 2]) * np.array([1.0, 0.0, 1.0]))
+    forward = np.cross(left, [0.0, 1.0, 0.0])  # (T, 3)
+    lying = A.tilt(walk, np.full(len(walk), 90.0))
+    assert (((lying[:, 15] - lying[:, 0]) * forward).sum(-1) > 0.4).all()
+    height = lying[:, 0, 1] / walk[:, 0, 1]  # (T,) (a stepping leg, turned down, props it up)
+    assert np.median(height) < 0.3 and height.max() < 0.6
+    upside_down = A.tilt(walk, np.full(len(walk), 180.0))
+    assert (upside_down[:, 15, 1] < upside_down[:, 0, 1] - 0.4).all()
+    assert (upside_down[:, list(A.FEET), 1].min(-1) > upside_down[:, 0, 1] + 0.4).all()
+
+
+def test_draw_twist_crouch_jump_and_tilt_stay_in_their_ranges():
+    augmentation = A.Augmentation(twist_degrees=45.0, crouch_degrees=50.0, jump_frames=(6.0, 12.0),
+                                  tilt_degrees=(-60.0, 120.0))  # fmt: skip
     torch.manual_seed(0)
     twists = np.stack([augmentation.draw_twist(186, 60, 66) for _ in range(200)])  # (200, 186)
     assert (
@@ -380,6 +412,10 @@ def test_draw_twist_crouch_and_jump_stay_in_their_ranges():
         airborne = np.flatnonzero(heights > 0)
         assert 60 <= airborne[0] <= 127 and len(airborne) <= 12
         assert heights.max() <= A.GRAVITY * (12 / 20) ** 2 / 8 + 1e-12
+    tilts = np.stack([augmentation.draw_tilt(186, 60, 66) for _ in range(300)])  # (300, 186)
+    assert tilts.min() >= -60.0 and tilts.max() <= 120.0
+    assert (tilts.max(1) > 100).any() and (tilts.min(1) < -45).any()
+    assert (tilts[:, 0] == 0).all() and (tilts[:, -1] == 0).all()  # up again
 
 
 def test_augmentation_describes_itself_for_model_cards():
@@ -389,7 +425,9 @@ def test_augmentation_describes_itself_for_model_cards():
     quiet = A.Augmentation(probability=0.25, arm_swap=0.0, limb_swing=0.0).describe()
     assert quiet.startswith("25%") and "arms" not in quiet and "raised" not in quiet
     assert not {"twist", "squat", "jump"} & set(quiet.replace(",", " ").split())
-    busy = A.Augmentation(twist=0.2, crouch=0.3, jump=0.1).describe()
+    assert "tilted" not in quiet
+    busy = A.Augmentation(twist=0.2, crouch=0.3, jump=0.1, tilt=0.25).describe()
+    assert "the whole body tilted -90 to 180 degrees forward and up again 25% of the time" in busy
     assert "twisted up to 60 degrees and back 20% of the time" in busy
     assert "a squat up to 60 degrees deep at the hips 30%" in busy
     assert "a jump of 0.3-0.6 s in the air 10% of the time" in busy
@@ -416,6 +454,10 @@ def test_augmentation_checks_its_ranges():
         A.Augmentation(crouch_degrees=120.0)
     with pytest.raises(ValueError, match="jump_frames"):
         A.Augmentation(jump_frames=(0.0, 4.0))
+    with pytest.raises(ValueError, match="tilt"):
+        A.Augmentation(tilt=-0.5)
+    with pytest.raises(ValueError, match="tilt_degrees"):
+        A.Augmentation(tilt_degrees=(-90.0, 200.0))
     augmentation = A.Augmentation(speed=(0.5, 2.0))
     torch.manual_seed(0)
     speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
@@ -487,9 +529,9 @@ def test_dataloader_workers_draw_different_windows(folder):
     assert not torch.allclose(first, second)
 
 
-@pytest.mark.parametrize("squats", [False, True], ids=["shipped", "twist_crouch_jump"])
+@pytest.mark.parametrize("squats", [False, True], ids=["shipped", "twist_crouch_jump_tilt"])
 def test_augmented_windows_are_valid_motion_features(folder, squats):
-    more = {"twist": 1.0, "crouch": 1.0, "jump": 1.0} if squats else {}
+    more = {"twist": 1.0, "crouch": 1.0, "jump": 1.0, "tilt": 1.0} if squats else {}
     augmentation = A.Augmentation(probability=1.0, arm_swap=1.0, **more)
     dataset, items = _windows(folder, augmentation)
     stored = (dataset.frames - dataset.mean) / dataset.std
@@ -515,7 +557,7 @@ def test_datamodule_keeps_augmentation_as_plain_numbers(humanml3d_dir):
         "turn_degrees": 180.0, "turn_frames": (10.0, 40.0), "arm_swap": 0.5,
         "limb_swing": 0.5, "swing_degrees": 90.0, "swing_frames": (6.0, 20.0),
         "twist": 0.0, "twist_degrees": 60.0, "crouch": 0.0, "crouch_degrees": 60.0,
-        "jump": 0.0, "jump_frames": (6.0, 12.0),
+        "jump": 0.0, "jump_frames": (6.0, 12.0), "tilt": 0.0, "tilt_degrees": (-90.0, 180.0),
     }  # fmt: skip
     from_yaml = D.MotionDataModule([str(humanml3d_dir)], augment={"probability": 1.0},
                                    train_split="all", window=32)  # fmt: skip

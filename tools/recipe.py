@@ -1,5 +1,5 @@
 """Ablate the shipped model's training recipe: its data (joint-space augmentation and its
-limb swings, twists, squats and jumps, CMU oversampling, left/right mirroring), its
+limb swings, twists, squats, jumps and tilts, CMU oversampling, left/right mirroring), its
 quantizer, its gradients and its losses.
 
     python tools/prepare_data.py                              # once
@@ -10,7 +10,7 @@ quantizer, its gradients and its losses.
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
 other load do not change the result, only the time) with the data settings of the recipe the
 ablations started from (``BASE``: the CMU folders listed three times, mirroring, augmentation
-without twists, squats or jumps), changed as the variant's name says ("base" changes nothing).
+without twists, squats, jumps or tilts), changed as the variant's name says ("base" changes nothing).
 The run the shipped model came from is marked. Runs go to runs/recipe<steps>/<variant>, one
 folder per step count. Measured as tools/release.py measures the shipped model. Writes the
 "## Training recipe, N steps" section of BENCHMARKS.md.
@@ -39,7 +39,7 @@ BASE = (
     "--data.data_dirs",
     "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",
     "--data.augment",
-    "{twist: 0.0, crouch: 0.0, jump: 0.0}",
+    "{twist: 0.0, crouch: 0.0, jump: 0.0, tilt: 0.0}",
 )
 OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
 OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
@@ -85,6 +85,10 @@ VARIANTS = {
     "oversample_6_dropout": (
         "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
         OVERSAMPLE_6 + ("--model.model.init_args.dropout", "0.1"),
+    ),
+    "oversample_6_tilt": (
+        "CMU oversampled 6x, and augmentation tilts the whole body (20%)",
+        OVERSAMPLE_6 + ("--data.augment", "{tilt: 0.2}"),
     ),
     "augment_80": (
         "80% of the windows augmented (not 50%)",
