@@ -10,10 +10,10 @@ quantizer, its gradients and its losses.
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
 other load do not change the result, only the time) with the data settings of the recipe the
 ablations started from (``BASE``: the CMU folders listed three times, mirroring, augmentation
-without twists, squats, jumps or tilts), changed as the variant's name says ("base" changes nothing).
-The run the shipped model came from is marked. Runs go to runs/recipe<steps>/<variant>, one
-folder per step count. Measured as tools/release.py measures the shipped model. Writes the
-"## Training recipe, N steps" section of BENCHMARKS.md.
+without twists, squats, jumps or tilts), changed as the variant's name says ("base" changes
+nothing). The run the shipped model came from is marked. Runs go to
+runs/recipe<steps>/<variant>, one folder per step count. Measured as tools/release.py
+measures the shipped model. Writes the "## Training recipe, N steps" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
