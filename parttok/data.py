@@ -859,11 +859,21 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
     return result
 
 
+def capture_key(clip_id: str) -> str:
+    """What identifies a clip's capture across sources: HumanML3D's mirrored ids (``M`` +
+    digits) are their original's, and CMU trial ids are zero-padded to two digits (``05_06``
+    from CMU's BVH conversion and ``005_06`` from the same capture retargeted onto the
+    Character Creator rig are one capture)."""
+    key = re.sub(r"^M(?=\d+$)", "", clip_id)
+    trial = re.fullmatch(r"(\d+)_(\d+)", key)
+    return f"{int(trial[1]):02d}_{int(trial[2]):02d}" if trial else key
+
+
 def split_of(clip_id: str) -> str:
-    """The split of a clip id, from a hash of it (80/10/10; stable as clips are added).
-    HumanML3D's mirrored ids (``M`` + digits) share their original's split."""
-    key = re.sub(r"^M(?=\d+$)", "", clip_id).encode()
-    bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % 100
+    """The split of a clip id, from a hash of its ``capture_key`` (80/10/10; stable as clips
+    are added): one capture never sits in two splits, whatever source or rig it came from."""
+    key = capture_key(clip_id)
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100
     bound = 0
     for split, percent in SPLITS.items():
         bound += percent
