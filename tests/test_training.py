@@ -296,3 +296,19 @@ def test_evaluate_writes_json_with_the_documented_fields(converted, tmp_path):
     assert report["bits_per_second"] == pytest.approx(6 * 6 * 5)  # log2(64) bits, 6 parts
     assert 0 < report["mpjpe_mm"] < 2000
     assert os.path.getsize(report_path) > 0
+
+
+def test_release_compares_with_the_shipped_model_only_on_the_same_clips(monkeypatch):
+    """tools/release.py: a change of splits (clips the shipped model trained on now held
+    out) stops the comparison rather than letting those clips flatter the shipped model."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from release import clip_digest, same_sets
+
+    sets = {"cmu_val": {"cmu/05_06": None, "cmu-iclone/005_06": None}, "humanml3d": {"000000": 0}}
+    recorded = {name: {"clip_digest": clip_digest(clips)} for name, clips in sets.items()}
+    assert same_sets(recorded, sets)
+    assert clip_digest({"b": 1, "a": 2}) == clip_digest({"a": 0, "b": 0})  # order, not values
+    moved = {**sets, "cmu_val": {"cmu/05_06": None, "cmu-iclone/002_01": None}}
+    assert not same_sets(recorded, moved)
+    assert not same_sets({name: {} for name in sets}, sets)  # measured before digests
+    assert not same_sets({"humanml3d": recorded["humanml3d"]}, sets)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -100,8 +101,24 @@ def measure(tokenizer: Tokenizer, sets: dict) -> dict:
         rows = report.pop("per_clip")
         if len(rows) <= 10:  # a few clips: keep each one's figure
             report["per_clip_mpjpe_mm"] = {row["clip"]: row["mpjpe_mm"] for row in rows}
+        report["clip_digest"] = clip_digest(clips)
         results[name] = report
     return results
+
+
+def clip_digest(clips: dict) -> str:
+    """A short hash of which clips a set holds: two models' figures compare only on equal
+    digests."""
+    return hashlib.sha256("\n".join(sorted(clips)).encode()).hexdigest()[:16]
+
+
+def same_sets(recorded: dict, sets: dict) -> bool:
+    """Whether the sets the shipped model was measured on (``recorded``: its metrics.json
+    results) are the ``sets`` measured now. When they differ (the splits changed), the
+    shipped model may have trained on clips now held out, so its figures on them flatter it."""
+    return recorded.keys() == sets.keys() and all(
+        recorded[name].get("clip_digest") == clip_digest(clips) for name, clips in sets.items()
+    )
 
 
 def score(results: dict) -> float:
@@ -128,7 +145,8 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
     config = tokenizer.model.config
     gradients = "by the rotation trick" if config.get("rotation_trick") else "straight through"
     data = textwrap.fill(
-        "- Data: the train splits (80%, by a hash of each clip id) of Bandai Namco Research "
+        "- Data: the train splits (80%, by a hash of each capture: a CMU trial on both rigs "
+        "falls in one split) of Bandai Namco Research "
         "Motion Dataset 2 (2,902 clips), the CMU BVH clips (5) and the CMU clips on the "
         "Character Creator rig (61), converted with `parttok convert` (`python "
         f"tools/prepare_data.py`); folders {training['folders']}; {training['windows']}.",
@@ -214,6 +232,15 @@ def main() -> int:
     print(json.dumps({name: round(r["mpjpe_mm"], 1) for name, r in results.items()}))
     shipped_metrics = PRETRAINED_DIR / METRICS
     if shipped_metrics.is_file() and not args.force:
+        recorded = json.loads(shipped_metrics.read_text())["results"]
+        if not same_sets(recorded, sets):
+            print(
+                "not released: the held-out sets differ from those the shipped model was "
+                "measured on (the splits changed), so it may have trained on some of them; "
+                "compare both recipes trained on the current splits (tools/recipe.py), then "
+                "release with --force"
+            )
+            return 1
         shipped = Tokenizer.from_pretrained(PRETRAINED_DIR)
         previous = measure(shipped, sets)
         if score(previous) <= score(results):
