@@ -229,8 +229,9 @@ def tilt(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
     """(T, 22, 3), (T,) -> (T, 22, 3): the whole body turned ``degrees[t]`` forward (negative:
     back) about the horizontal line through its pelvis to its left, then moved up or down so
     that its lowest joint is as high as before (90 forward: lying on the front; -90: on the
-    back; 180: upside down). The hip line stays where it points, so the facing the features
-    take from hips and shoulders does not turn. Frames lying on one side keep their pose."""
+    back; 180: upside down). The axis is the hip line made level, so the facing the features
+    take from hips and shoulders turns little while the hips are near level. Frames whose
+    hips are too steep for a level axis (lying on one side) keep their pose."""
     axes, level = _level_hip_axes(joints)
     radians = np.where(level, np.radians(np.asarray(degrees, dtype=np.float64)), 0.0)
     tilted = _rotate_about(joints, PELVIS, tuple(range(1, NUM_JOINTS)), axes, radians)
@@ -386,10 +387,12 @@ class Augmentation:
             changes.append(f"a jump of {low:g}-{high:g} s in the air {self.jump:.0%} of the time")
         if self.tilt > 0:
             back, forward = self.tilt_degrees
-            changes.append(
-                f"the whole body tilted {back:g} to {forward:g} degrees forward and up again "
-                f"{self.tilt:.0%} of the time"
+            span = (
+                f"up to {-back:g} degrees back or {forward:g} forward"
+                if back < 0 < forward
+                else f"{back:g} to {forward:g} degrees forward"
             )
+            changes.append(f"the whole body tilted {span} and up again {self.tilt:.0%} of the time")
         return (
             f"{self.probability:.0%} of the training windows are made anew in joint space "
             f"({', '.join(changes)}; `parttok.augment`) and turned into features by the "

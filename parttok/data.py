@@ -599,8 +599,8 @@ class MotionDataModule(pl.LightningDataModule):
 
     Training: random ``window``-frame crops of the ``train_split`` clips (see
     ``WindowDataset``; ``min_window`` for random lengths, ``mirror`` for left/right
-    augmentation, ``augment`` for speed, lean, turn, arm swaps, limb swings, twists, squats
-    and jumps made from the clips' joints), batches ``{"features": (B, window, 263), "mask":
+    augmentation, ``augment`` for speed, lean, turn, arm swaps, limb swings, twists, squats,
+    jumps and tilts made from the clips' joints), batches ``{"features": (B, window, 263), "mask":
     (B, window)}``.
     Validation/test: the ``val_split``/``test_split`` clips whole (``EvalDataset``: at least
     ``val_min_length`` frames, longer clips split into ``val_max_length`` segments), padded
@@ -861,12 +861,12 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
 
 def capture_key(clip_id: str) -> str:
     """What identifies a clip's capture across sources: HumanML3D's mirrored ids (``M`` +
-    digits) are their original's, and CMU trial ids are zero-padded to two digits (``05_06``
-    from CMU's BVH conversion and ``005_06`` from the same capture retargeted onto the
-    Character Creator rig are one capture)."""
+    digits) are their original's, and CMU trial ids are written as the Character Creator
+    retargets name them (``05_06`` from CMU's BVH conversion and ``005_06`` from the same
+    capture on the Character Creator rig are one capture, ``005_06``)."""
     key = re.sub(r"^M(?=\d+$)", "", clip_id)
     trial = re.fullmatch(r"(\d+)_(\d+)", key)
-    return f"{int(trial[1]):02d}_{int(trial[2]):02d}" if trial else key
+    return f"{int(trial[1]):03d}_{int(trial[2]):02d}" if trial else key
 
 
 def split_of(clip_id: str) -> str:

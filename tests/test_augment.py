@@ -380,6 +380,13 @@ def test_tilt_turns_the_whole_body_about_its_hips_and_sets_it_down(folder, walk,
             np.testing.assert_allclose(tilted - tilted[:, :1], expected, atol=1e-9)
             # set down: the lowest joint is as high as the lowest joint was
             np.testing.assert_allclose(tilted[..., 1].min(-1), clip[..., 1].min(-1), atol=1e-12)
+    # frames lying on one side (the hip line steep) keep their pose: no level axis to tilt about
+    left = unit_vectors((serve[:, 1] - serve[:, 2]) * np.array([1.0, 0.0, 1.0]))
+    forward = np.cross(left, [0.0, 1.0, 0.0])  # (T, 3)
+    on_side = A._rotate_about(
+        serve, 0, tuple(range(1, 22)), forward, np.full(len(serve), np.pi / 2)
+    )
+    np.testing.assert_allclose(A.tilt(on_side, np.full(len(serve), 60.0)), on_side, atol=1e-12)
     # a walk over stepping stones (upright): on its front at 90 degrees, the head ahead of
     # the pelvis and the pelvis near the floor; upside down at 180, the head under the pelvis
     # and the feet up
@@ -427,7 +434,9 @@ def test_augmentation_describes_itself_for_model_cards():
     assert not {"twist", "squat", "jump"} & set(quiet.replace(",", " ").split())
     assert "tilted" not in quiet
     busy = A.Augmentation(twist=0.2, crouch=0.3, jump=0.1, tilt=0.25).describe()
-    assert "the whole body tilted -90 to 180 degrees forward and up again 25% of the time" in busy
+    assert "the whole body tilted up to 90 degrees back or 180 forward and up again 25%" in busy
+    forward = A.Augmentation(tilt=0.5, tilt_degrees=(30.0, 90.0)).describe()
+    assert "tilted 30 to 90 degrees forward and up again 50% of the time" in forward
     assert "twisted up to 60 degrees and back 20% of the time" in busy
     assert "a squat up to 60 degrees deep at the hips 30%" in busy
     assert "a jump of 0.3-0.6 s in the air 10% of the time" in busy

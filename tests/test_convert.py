@@ -177,19 +177,19 @@ def test_splits_are_stable_and_near_80_10_10():
 def test_one_capture_on_two_rigs_shares_a_split(data_dir, iclone_dir):
     """CMU's BVH conversion names a trial 05_06, the Character Creator retarget 005_06: the
     same capture, so never in training on one rig and measured on the other."""
-    assert D.capture_key("005_06") == D.capture_key("5_6") == "05_06"
-    assert D.capture_key("M010655") == "010655" and D.capture_key("131_01") == "131_01"
+    assert D.capture_key("05_06") == D.capture_key("5_6") == "005_06"
+    assert D.capture_key("005_06") == "005_06" and D.capture_key("131_01") == "131_01"
+    assert D.capture_key("M010655") == "010655"
     assert D.capture_key("dataset-2_walk_normal_001") == "dataset-2_walk_normal_001"
     assert D.split_of("005_06") == D.split_of("05_06") == D.split_of("5_6")
-    cmu = {path.stem for path in (data_dir / "cmu").glob("*.bvh")}
-    retargeted = {f"{int(path.stem.split('_')[0]):02d}_{path.stem.split('_')[1]}": path.stem
-                  for path in iclone_dir.glob("*.bvh")}  # fmt: skip
-    shared = cmu & set(retargeted)
-    assert len(shared) >= 2  # 01_01, 02_01, 05_06 are on both rigs
-    for trial in shared:
-        assert D.split_of(trial) == D.split_of(retargeted[trial])
-    splits = {D.split_of(name) for name in retargeted.values()}
-    assert splits == {"train", "val", "test"}  # ids are still spread over the splits
+    cmu = {D.capture_key(path.stem): path.stem for path in (data_dir / "cmu").glob("*.bvh")}
+    retargeted = {D.capture_key(path.stem): path.stem for path in iclone_dir.glob("*.bvh")}
+    assert {"001_01", "002_01", "005_06"} <= cmu.keys() & retargeted.keys()
+    for capture in cmu.keys() & retargeted.keys():
+        assert D.split_of(cmu[capture]) == D.split_of(retargeted[capture])
+    # the retargets keep the splits they had before captures were keyed (ids spread over all)
+    assert D.split_of("005_06") == "train" and D.split_of("002_01") == "val"
+    assert {D.split_of(name) for name in retargeted.values()} == {"train", "val", "test"}
 
 
 def test_missing_source_is_one_line(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -145,9 +146,15 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
             for flag, value in zip(flags[::2], flags[1::2], strict=True)
         }
 
-    def lookup(config: dict, key: str):
-        for name in key.split("."):
-            config = config[name]
+    def with_changes(config: dict, changes: dict) -> dict:
+        """``config`` with each dotted key set (a dict merged into the dict it replaces)."""
+        config = copy.deepcopy(config)
+        for key, value in changes.items():
+            *path, last = key.split(".")
+            node = config
+            for name in path:
+                node = node[name]
+            node[last] = {**node[last], **value} if isinstance(value, dict) else value
         return config
 
     cpu = ["--config", str(REPO / "configs" / "cpu.yaml")]
@@ -155,15 +162,7 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
     assert base["data"]["augment"]["crouch"] == 0.0 and len(base["data"]["data_dirs"]) == 7
     for name, (_, extra) in VARIANTS.items():
         config = printed_config(capsys, *cpu, *BASE, *extra)
-        changed = pairs(extra)
-        for key, value in changed.items():
-            if isinstance(value, dict):
-                assert lookup(config, key) == {**lookup(base, key), **value}, name
-            else:
-                assert lookup(config, key) == value, name
-        for section in ("model", "data", "seed_everything"):
-            if not any(key.split(".")[0] == section for key in changed):
-                assert config[section] == base[section], (name, section)
+        assert config == with_changes(base, pairs(extra)), name
 
 
 def test_save_and_load_give_identical_codes(converted, tmp_path):
@@ -312,3 +311,27 @@ def test_release_compares_with_the_shipped_model_only_on_the_same_clips(monkeypa
     assert not same_sets(recorded, moved)
     assert not same_sets({name: {} for name in sets}, sets)  # measured before digests
     assert not same_sets({"humanml3d": recorded["humanml3d"]}, sets)
+
+
+def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
+    """tools/release.py and tools/recipe.py measure a run only on the splits it trained on:
+    a run records the train split of each folder (splits.json) when it starts."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from release import SPLITS, splits_changed, training_splits
+
+    data = tmp_path / "data"
+    for name, ids in (("cmu", ["01_01", "02_01"]), ("bandai", ["walk_001"])):
+        (data / name / "new_joint_vecs").mkdir(parents=True)
+        for clip_id in ids:
+            (data / name / "new_joint_vecs" / f"{clip_id}.npy").touch()
+        (data / name / "train.txt").write_text("\n".join(ids) + "\n")
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "config.yaml").write_text("data:\n  data_dirs: [data/cmu, data/cmu]\n")
+    assert "splits.json is missing" in splits_changed(run, data)
+    (run / SPLITS).write_text(json.dumps(training_splits(data)))
+    assert splits_changed(run, data) is None
+    (data / "bandai" / "train.txt").write_text("")  # a folder the run never read
+    assert splits_changed(run, data) is None
+    (data / "cmu" / "train.txt").write_text("01_01\n")  # 02_01 moved out of training
+    assert "other splits of cmu" in splits_changed(run, data)

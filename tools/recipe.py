@@ -31,7 +31,14 @@ from parttok.io import machine_description, replace_markdown_section
 from parttok.tokenizer import PRETRAINED_DIR, Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release import METRICS, evaluation_sets, measure, score, train  # noqa: E402 (tools/ is not a package)
+from release import (  # noqa: E402 (tools/ is not a package)
+    METRICS,
+    evaluation_sets,
+    measure,
+    score,
+    splits_changed,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # The recipe of model 63edf37f, whatever configs/cpu.yaml now sets: every variant starts here.
@@ -127,8 +134,13 @@ def main() -> int:
             print(f"training {name} for {args.steps} steps", flush=True)
             train(args.out / name, args.minutes, args.steps, BASE + extra)
     trained = [name for name in VARIANTS if (args.out / name / "tokenizer").is_dir()]
+    for name in list(trained):  # on other splits, held-out figures would count training clips
+        unfit = splits_changed(args.out / name, args.data)
+        if unfit:
+            print(f"{name} not measured: {unfit}", flush=True)
+            trained.remove(name)
     if not trained:
-        raise SystemExit(f"no variant trained in {args.out}: train them first")
+        raise SystemExit(f"no variant trained in {args.out} on the current splits: train them")
     torch.set_num_threads(os.cpu_count() or 1)
     out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
     sets = evaluation_sets(args.data, args.shared)
@@ -165,7 +177,10 @@ def main() -> int:
         )
     untrained = [VARIANTS[name][0] for name in VARIANTS if name not in trained]
     if untrained:
-        lines += ["", f"Not trained at {args.steps} steps yet: {'; '.join(untrained)}."]
+        lines += [
+            "",
+            f"Not trained at {args.steps} steps on these splits yet: {'; '.join(untrained)}.",
+        ]
     section = "\n".join(lines) + "\n"
     replace_markdown_section(REPO / "BENCHMARKS.md", section)
     print(section)

@@ -24,6 +24,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, WEIGHTS_FILE, Tokeniz
 REPO = Path(__file__).resolve().parents[1]
 CARD = "MODEL_CARD.md"
 METRICS = "metrics.json"
+SPLITS = "splits.json"  # in a run folder: which clips it trained on, by folder
 
 
 def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()) -> float:
@@ -51,10 +53,38 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
         "--trainer.enable_progress_bar", "false",
         *(["--trainer.max_steps", str(steps)] if steps else []), *extra,
     ]  # fmt: skip
+    run.mkdir(parents=True, exist_ok=True)
+    write_text(run / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2) + "\n")
     start = time.monotonic()
     with open(run.parent / f"{run.name}.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=log, check=True)
     return time.monotonic() - start
+
+
+def training_splits(data: Path) -> dict[str, str]:
+    """Per converted folder under ``data``, the ``clip_digest`` of its train split."""
+    return {
+        folder.name: clip_digest(HumanML3DFolder(folder).ids("train"))
+        for folder in sorted(data.iterdir())
+        if (folder / "train.txt").is_file()
+    }
+
+
+def splits_changed(run: Path, data: Path) -> str | None:
+    """Why ``run`` cannot be measured on the held-out sets of ``data`` (it trained on other
+    splits of a folder it read, or did not record them), or None when it can."""
+    recorded = run / SPLITS
+    if not recorded.is_file():
+        return f"{recorded} is missing: train with tools/release.py or tools/recipe.py"
+    trained, current = json.loads(recorded.read_text()), training_splits(data)
+    changed = [
+        Path(folder).name
+        for folder in saved_data(run)["data_dirs"]
+        if trained.get(Path(folder).name) != current.get(Path(folder).name)
+    ]
+    if changed:
+        return f"{run} trained on other splits of {', '.join(sorted(set(changed)))} than {data}"
+    return None
 
 
 def saved_data(run: Path) -> dict:
@@ -106,10 +136,10 @@ def measure(tokenizer: Tokenizer, sets: dict) -> dict:
     return results
 
 
-def clip_digest(clips: dict) -> str:
-    """A short hash of which clips a set holds: two models' figures compare only on equal
-    digests."""
-    return hashlib.sha256("\n".join(sorted(clips)).encode()).hexdigest()[:16]
+def clip_digest(ids: Iterable[str]) -> str:
+    """A short hash of which clips a set holds (its ids, or a dict keyed by them): two
+    models' figures compare only on equal digests."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
 def same_sets(recorded: dict, sets: dict) -> bool:
@@ -217,7 +247,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--force", action="store_true", help="release even if not better")
+    parser.add_argument(
+        "--force", action="store_true", help="release even if not better, or splits unrecorded"
+    )
     parser.add_argument("--note", default="", help="how the run was trained, for the card")
     args = parser.parse_args()
     seconds = None
@@ -225,6 +257,10 @@ def main() -> int:
         args.run.parent.mkdir(parents=True, exist_ok=True)
         seconds = train(args.run, args.minutes, args.steps)
     data = saved_data(args.run)  # before the measurements: a run without its config fails fast
+    unfit = None if args.force else splits_changed(args.run, args.data)
+    if unfit:
+        print(f"not released: {unfit}; its held-out figures would count clips it trained on")
+        return 1
     torch.set_num_threads(os.cpu_count() or 1)
     candidate = Tokenizer.from_pretrained(args.run / "tokenizer")
     sets = evaluation_sets(args.data, args.shared)
@@ -234,11 +270,18 @@ def main() -> int:
     if shipped_metrics.is_file() and not args.force:
         recorded = json.loads(shipped_metrics.read_text())["results"]
         if not same_sets(recorded, sets):
+            unrecorded = any("clip_digest" not in r for r in recorded.values())
             print(
-                "not released: the held-out sets differ from those the shipped model was "
-                "measured on (the splits changed), so it may have trained on some of them; "
-                "compare both recipes trained on the current splits (tools/recipe.py), then "
-                "release with --force"
+                "not released: "
+                + (
+                    "the shipped model's metrics.json does not record which clips it was "
+                    "measured on"
+                    if unrecorded
+                    else "the held-out sets differ from those the shipped model was measured "
+                    "on (the splits changed), so it may have trained on some of them"
+                )
+                + "; compare both recipes trained on the current splits (tools/recipe.py), "
+                "then release with --force"
             )
             return 1
         shipped = Tokenizer.from_pretrained(PRETRAINED_DIR)
