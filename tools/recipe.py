@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from parttok.io import machine_description, replace_markdown_section
-from parttok.tokenizer import PRETRAINED_DIR, Tokenizer
+from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import (  # noqa: E402 (tools/ is not a package)
@@ -88,6 +88,10 @@ VARIANTS = {
     "oversample_6_crouch_jump": (
         "CMU oversampled 6x, and augmentation adds squats and jumps (no twists)",
         OVERSAMPLE_6 + CROUCH_JUMP,
+    ),
+    "oversample_6_crouch_jump_tilt": (
+        "CMU oversampled 6x, and augmentation adds squats, jumps and whole-body tilts (20%)",
+        OVERSAMPLE_6 + ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2}"),
     ),
     "oversample_6_dropout": (
         "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
@@ -165,6 +169,10 @@ def main() -> int:
         if (args.out / name).resolve() == (REPO / shipped).resolve():
             label = f"**{label}: shipped**"
         tokenizer = Tokenizer.from_pretrained(args.out / name / "tokenizer")
+        saved = json.loads((args.out / name / "tokenizer" / CONFIG_FILE).read_text())
+        steps = saved["training"].get("global_step", args.steps)
+        if steps != args.steps:  # stopped early by --minutes: the learning rate had not decayed
+            label = f"{label} ({steps} steps: stopped by the time cap)"
         results = measure(tokenizer, sets)
         clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
         lines.append(
