@@ -157,7 +157,9 @@ def main() -> int:
         "steps of configs/cpu.yaml with the base recipe's data settings and differs from it only "
         "as its name says; measured as the "
         'model card measures the shipped model (MPJPE, mm; "facing frame": each frame in its '
-        "own facing frame, without the drift of the integrated facing).",
+        "own facing frame, without the drift of the integrated facing). Held out (splits by "
+        f"capture): {len(sets['bandai_val'])} Bandai Namco 2 validation clips; CMU val "
+        f"{', '.join(sets['cmu_val'])}; the {len(sets['humanml3d'])} HumanML3D clips.",
         "",
         "| variant | Bandai val | CMU val | HumanML3D | mean of the three (release.py's score) "
         "| HumanML3D, facing frame | HumanML3D per clip |",
