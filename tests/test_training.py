@@ -328,10 +328,10 @@ def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)
     (run / "logs" / "config.yaml").write_text("data:\n  data_dirs: [data/cmu, data/cmu]\n")
-    assert "splits.json is missing" in splits_changed(run, data)
+    assert "splits.json is missing" in splits_changed(run, training_splits(data))
     (run / SPLITS).write_text(json.dumps(training_splits(data)))
-    assert splits_changed(run, data) is None
+    assert splits_changed(run, training_splits(data)) is None
     (data / "bandai" / "train.txt").write_text("")  # a folder the run never read
-    assert splits_changed(run, data) is None
+    assert splits_changed(run, training_splits(data)) is None
     (data / "cmu" / "train.txt").write_text("01_01\n")  # 02_01 moved out of training
-    assert "other splits of cmu" in splits_changed(run, data)
+    assert "other splits of cmu" in splits_changed(run, training_splits(data))

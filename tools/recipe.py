@@ -38,6 +38,7 @@ from release import (  # noqa: E402 (tools/ is not a package)
     score,
     splits_changed,
     train,
+    training_splits,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,8 +139,9 @@ def main() -> int:
             print(f"training {name} for {args.steps} steps", flush=True)
             train(args.out / name, args.minutes, args.steps, BASE + extra)
     trained = [name for name in VARIANTS if (args.out / name / "tokenizer").is_dir()]
-    for name in list(trained):  # on other splits, held-out figures would count training clips
-        unfit = splits_changed(args.out / name, args.data)
+    current = training_splits(args.data)  # on other splits, held-out figures count training clips
+    for name in list(trained):
+        unfit = splits_changed(args.out / name, current)
         if unfit:
             print(f"{name} not measured: {unfit}", flush=True)
             trained.remove(name)

@@ -70,20 +70,21 @@ def training_splits(data: Path) -> dict[str, str]:
     }
 
 
-def splits_changed(run: Path, data: Path) -> str | None:
-    """Why ``run`` cannot be measured on the held-out sets of ``data`` (it trained on other
-    splits of a folder it read, or did not record them), or None when it can."""
+def splits_changed(run: Path, current: dict[str, str]) -> str | None:
+    """Why ``run`` cannot be measured on held-out sets whose train splits are ``current``
+    (``training_splits``): it trained on other splits of a folder it read, or did not record
+    them; None when it can."""
     recorded = run / SPLITS
     if not recorded.is_file():
         return f"{recorded} is missing: train with tools/release.py or tools/recipe.py"
-    trained, current = json.loads(recorded.read_text()), training_splits(data)
+    trained = json.loads(recorded.read_text())
     changed = [
         Path(folder).name
         for folder in saved_data(run)["data_dirs"]
         if trained.get(Path(folder).name) != current.get(Path(folder).name)
     ]
     if changed:
-        return f"{run} trained on other splits of {', '.join(sorted(set(changed)))} than {data}"
+        return f"{run} trained on other splits of {', '.join(sorted(set(changed)))} than now"
     return None
 
 
@@ -257,7 +258,7 @@ def main() -> int:
         args.run.parent.mkdir(parents=True, exist_ok=True)
         seconds = train(args.run, args.minutes, args.steps)
     data = saved_data(args.run)  # before the measurements: a run without its config fails fast
-    unfit = None if args.force else splits_changed(args.run, args.data)
+    unfit = None if args.force else splits_changed(args.run, training_splits(args.data))
     if unfit:
         print(f"not released: {unfit}; its held-out figures would count clips it trained on")
         return 1
