@@ -314,8 +314,8 @@ def test_release_compares_with_the_shipped_model_only_on_the_same_clips(monkeypa
 
 
 def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
-    """tools/release.py and tools/recipe.py measure a run only on the splits it trained on:
-    a run records the train split of each folder (splits.json) when it starts."""
+    """tools/release.py, recipe.py and compare.py measure a run only on the splits it trained
+    on: a run records the train split of each folder (splits.json) when it starts."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     from release import SPLITS, splits_changed, training_splits
 

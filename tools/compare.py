@@ -15,7 +15,8 @@ and CMU train splits without any "run" clip), ``--parallel`` runs at a time with
 ``--threads`` threads each. In-distribution: the Bandai Namco 2 validation clips (no "run").
 Unseen: every Bandai "run" clip of the validation and test splits (an action never seen),
 the CMU clips on the Character Creator rig (other performers and actions; not the captures
-trained on CMU's own rig) and the HumanML3D reference clips.
+trained on CMU's own rig) and the HumanML3D reference clips. A run records the splits it
+trained on (splits.json); one trained on other splits is not measured.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release import saved_data, windows_text  # noqa: E402 (tools/ is not a package)
+from release import (  # noqa: E402 (tools/ is not a package)
+    SPLITS,
+    saved_data,
+    splits_changed,
+    training_splits,
+    windows_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = "_run_"
@@ -93,6 +100,8 @@ def train_all(
                 "--data.exclude", f"[{HELD_OUT}]", "--trainer.max_steps", "-1",
                 "--data.mirror", mirror, "--data.augment", augmentation,
             ]  # fmt: skip
+            (out / name).mkdir(parents=True, exist_ok=True)
+            write_text(out / name / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2))
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
             process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
@@ -123,12 +132,20 @@ def evaluation_sets(data: Path, shared: Path) -> dict[str, dict[str, np.ndarray]
     return {"in_distribution": in_distribution, "unseen": unseen}
 
 
-def evaluate_runs(names: list[str], out: Path, sets: dict) -> dict:
-    trained = [name for name in names if (out / name / "tokenizer").is_dir()]
+def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> dict:
+    """Measure every run of ``names`` with an exported tokenizer that trained on the current
+    splits (on others, the held-out sets would count clips it trained on)."""
+    current = training_splits(data_root)
+    trained = []
+    for name in names:
+        if not (out / name / "tokenizer").is_dir():
+            print(f"{name}: no exported tokenizer in {out / name / 'tokenizer'}; skipped")
+        elif unfit := splits_changed(out / name, current):
+            print(f"{name}: {unfit}; skipped (train it again)")
+        else:
+            trained.append(name)
     if not trained:
-        raise SystemExit(f"no run in {out} has an exported tokenizer: train them first")
-    for name in sorted(set(names) - set(trained)):
-        print(f"{name}: no exported tokenizer in {out / name / 'tokenizer'}; skipped")
+        raise SystemExit(f"no run in {out} can be measured: train them first")
     data = {name: windows_text(saved_data(out / name)) for name in trained}
     if len(set(data.values())) > 1:  # e.g. runs from before and after a change of augmentation
         raise SystemExit(f"the runs in {out} trained on different data: retrain them")
@@ -270,7 +287,7 @@ def main() -> int:
         )
     torch.set_num_threads(os.cpu_count() or 1)
     sets = evaluation_sets(args.data, args.shared)
-    results = evaluate_runs(args.models, args.out, sets)
+    results = evaluate_runs(args.models, args.out, sets, args.data)
     write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
     section = markdown(results, args, sets)
     replace_markdown_section(args.benchmarks, section)

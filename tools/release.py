@@ -76,7 +76,7 @@ def splits_changed(run: Path, current: dict[str, str]) -> str | None:
     them; None when it can."""
     recorded = run / SPLITS
     if not recorded.is_file():
-        return f"{recorded} is missing: train with tools/release.py or tools/recipe.py"
+        return f"{recorded} is missing: train with tools/release.py, recipe.py or compare.py"
     trained = json.loads(recorded.read_text())
     changed = [
         Path(folder).name
