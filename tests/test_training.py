@@ -165,6 +165,38 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
         assert config == with_changes(base, pairs(extra)), name
 
 
+def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
+    capsys, monkeypatch, tmp_path
+):
+    """tools/compare.py: every model's command parses against cpu.yaml and trains on the same
+    folders and windows (mirrored and augmented with --augment, plain without) for the same
+    wall clock; a variant that sets its own augmentation keeps it."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    monkeypatch.chdir(REPO)
+    from compare import MODELS, train_arguments
+
+    cpu = printed_config(capsys, "--config", "configs/cpu.yaml")
+    own = {
+        "parttok_tilt": {"tilt": 0.2},
+        "parttok_crouch_jump_tilt": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
+    }
+    classes = {"t2mgpt": "ConvVQ", "rvq": "ResidualConvVQ"}
+    for augment in (True, False):
+        for name in MODELS:
+            config = printed_config(capsys, *train_arguments(name, tmp_path, 20, augment))
+            data, trainer = config["data"], config["trainer"]
+            assert data["data_dirs"] == ["data/bandai", "data/cmu"], name
+            assert data["exclude"] == ["_run_"] and trainer["max_steps"] == -1, name
+            assert trainer["max_time"] == "00:00:20:00", name
+            assert data["mirror"] is augment, name
+            if name in own:
+                assert data["augment"] == {**cpu["data"]["augment"], **own[name]}, name
+            else:
+                assert data["augment"] == (cpu["data"]["augment"] if augment else None), name
+            family = classes.get(name.split("_")[0], "PartTokenizer")
+            assert config["model"]["model"]["class_path"].endswith(family), name
+
+
 def test_save_and_load_give_identical_codes(converted, tmp_path):
     assert train(converted, tmp_path, "--trainer.max_steps", "4") == 0
     first = Tokenizer.from_pretrained(tmp_path / "tokenizer")

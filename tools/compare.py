@@ -84,28 +84,33 @@ LABELS = {
 }
 
 
+def train_arguments(name: str, run: Path, minutes: float, augment: bool) -> list[str]:
+    """The ``parttok train`` arguments of model ``name``: equal wall clock on the same data
+    (no step cap); plain windows, or mirroring and the augmentation of configs/cpu.yaml."""
+    mirror, augmentation = ("true", "{}") if augment else ("false", "null")
+    budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
+    return [
+        "--config", "configs/cpu.yaml",
+        "--data.mirror", mirror, "--data.augment", augmentation,
+        *MODELS[name],  # after the data flags: a variant may set its own augmentation
+        "--trainer.max_time", f"00:{budget}",
+        "--trainer.default_root_dir", str(run),
+        "--trainer.enable_progress_bar", "false",
+        "--data.data_dirs", "[data/bandai, data/cmu]",
+        "--data.exclude", f"[{HELD_OUT}]", "--trainer.max_steps", "-1",
+    ]  # fmt: skip
+
+
 def train_all(
     names: list[str], out: Path, minutes: float, threads: int, parallel: int, augment: bool
 ) -> dict:
     """Launch the trainings ``parallel`` at a time; return wall seconds per run."""
-    # Equal wall clock on the same data: no step cap; plain windows, or every model with
-    # mirroring and the augmentation of configs/cpu.yaml.
-    mirror, augmentation = ("true", "{}") if augment else ("false", "null")
-    budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     pending, running, seconds = list(names), {}, {}
     while pending or running:
         while pending and len(running) < parallel:
             name = pending.pop(0)
-            command = [
-                sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml",
-                "--data.mirror", mirror, "--data.augment", augmentation,
-                *MODELS[name],  # after the data flags: a variant may set its own augmentation
-                "--trainer.max_time", f"00:{budget}",
-                "--trainer.default_root_dir", str(out / name),
-                "--trainer.enable_progress_bar", "false",
-                "--data.data_dirs", "[data/bandai, data/cmu]",
-                "--data.exclude", f"[{HELD_OUT}]", "--trainer.max_steps", "-1",
-            ]  # fmt: skip
+            arguments = train_arguments(name, out / name, minutes, augment)
+            command = [sys.executable, "-m", "parttok", "train", *arguments]
             (out / name).mkdir(parents=True, exist_ok=True)
             write_text(out / name / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2))
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
