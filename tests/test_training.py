@@ -165,6 +165,32 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
         assert config == with_changes(base, pairs(extra)), name
 
 
+def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
+    """tools/recipe.py: a recipe trained with seeds 0 and 1 gets a line with both scores and
+    their gap; a variant without its seed-0 run gets none."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from recipe import chance
+
+    def sets(bandai: float, cmu: float, humanml3d: float) -> dict:
+        return {
+            "bandai_val": {"mpjpe_mm": bandai},
+            "cmu_val": {"mpjpe_mm": cmu},
+            "humanml3d": {"mpjpe_mm": humanml3d},
+        }
+
+    measured = {
+        "oversample_6": sets(13.9, 38.8, 50.8),
+        "oversample_6_seed_1": sets(13.7, 40.4, 59.5),
+        "fsq": sets(14.0, 40.0, 55.0),
+        "seed_1": sets(13.4, 57.8, 53.6),  # the base recipe's seed 0 not measured
+    }
+    lines = chance(measured)
+    assert len(lines) == 2 and lines[0] == ""
+    assert "score 34.50 and 37.87" in lines[1] and "HumanML3D 50.8 and 59.5" in lines[1]
+    assert "closer than 3.37" in lines[1]
+    assert chance({"fsq": measured["fsq"]}) == []
+
+
 def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
     capsys, monkeypatch, tmp_path
 ):

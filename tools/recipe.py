@@ -121,6 +121,26 @@ VARIANTS = {
 }
 
 
+def chance(measured: dict[str, dict]) -> list[str]:
+    """How far the seed alone moved each recipe trained with two seeds: a difference between
+    single runs smaller than that is not a finding."""
+    lines = []
+    for name in measured:
+        if not name.endswith("seed_1"):
+            continue
+        first = name.removesuffix("_seed_1") if name != "seed_1" else "base"
+        if first not in measured:
+            continue
+        one, other = measured[first], measured[name]
+        lines.append(
+            f"Chance: {VARIANTS[first][0]}, seeds 0 and 1: score {score(one):.2f} and "
+            f"{score(other):.2f}, HumanML3D {one['humanml3d']['mpjpe_mm']:.1f} and "
+            f"{other['humanml3d']['mpjpe_mm']:.1f} mm; single runs closer than "
+            f"{abs(score(one) - score(other)):.2f} in score do not tell recipes apart."
+        )
+    return [""] + lines if lines else []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per variant")
@@ -168,6 +188,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
     ]
     shipped = json.loads((PRETRAINED_DIR / METRICS).read_text())["training"]["run"]
+    measured = {}
     for name in trained:
         label = VARIANTS[name][0]
         if (args.out / name).resolve() == (REPO / shipped).resolve():
@@ -177,7 +198,7 @@ def main() -> int:
         steps = saved["training"].get("global_step", args.steps)
         if steps != args.steps:  # stopped early by --minutes: the learning rate had not decayed
             label = f"{label} ({steps} steps: stopped by the time cap)"
-        results = measure(tokenizer, sets)
+        results = measured[name] = measure(tokenizer, sets)
         clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
         lines.append(
             f"| {label} | {results['bandai_val']['mpjpe_mm']:.1f} | "
@@ -187,6 +208,7 @@ def main() -> int:
             + ", ".join(f"{clip} {value:.1f}" for clip, value in clips.items())
             + " |"
         )
+    lines += chance(measured)
     untrained = [VARIANTS[name][0] for name in VARIANTS if name not in trained]
     if untrained:
         lines += [
