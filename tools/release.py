@@ -228,7 +228,9 @@ and actions the training data lacks: there the error is several times the in-dis
 error, so the model does not yet generalise beyond the kind of motion it trained on (96% of
 the distinct frames it trained on are Bandai Namco's ten actions; listing the CMU folders
 several times weighs them more, not more varied). Expect the HumanML3D figure, not the Bandai
-one, on new motion.
+one, on new motion, and expect it to move with chance: four clips are a small set, and the
+same recipe trained with another seed can differ by several millimetres there (BENCHMARKS.md,
+"Training recipe": the "Chance" line).
 
 ## Data licences and attribution
 - Bandai Namco Research Motion Dataset 2: CC BY-NC 4.0, (c) Bandai Namco Research Inc.
