@@ -189,6 +189,8 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
     assert "score 34.50 and 37.87" in lines[1] and "HumanML3D 50.8 and 59.5" in lines[1]
     assert "closer than 3.37" in lines[1]
     assert chance({"fsq": measured["fsq"]}) == []
+    lines = chance({**measured, "base": sets(13.4, 56.0, 53.3)})
+    assert len(lines) == 3 and "score 40.90 and 41.60" in lines[2]
 
 
 def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
@@ -206,9 +208,14 @@ def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
         "parttok_tilt": {"tilt": 0.2},
         "parttok_crouch_jump_tilt": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
     }
+    assert own.keys() <= MODELS.keys()
     classes = {"t2mgpt": "ConvVQ", "rvq": "ResidualConvVQ"}
     for augment in (True, False):
         for name in MODELS:
+            if name in own and not augment:  # adds to an augmentation there is not
+                with pytest.raises(SystemExit, match="--augment"):
+                    train_arguments(name, tmp_path, 20, augment)
+                continue
             config = printed_config(capsys, *train_arguments(name, tmp_path, 20, augment))
             data, trainer = config["data"], config["trainer"]
             assert data["data_dirs"] == ["data/bandai", "data/cmu"], name
@@ -221,6 +228,36 @@ def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
                 assert data["augment"] == (cpu["data"]["augment"] if augment else None), name
             family = classes.get(name.split("_")[0], "PartTokenizer")
             assert config["model"]["model"]["class_path"].endswith(family), name
+
+
+def test_compare_measures_only_runs_on_the_current_splits_and_the_same_windows(
+    tmp_path, monkeypatch
+):
+    """tools/compare.py: a run without its record of splits (a failed or older run) is not
+    measured; runs whose windows were made otherwise than the rest's are refused, but a
+    variant's own augmentation is expected."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from compare import evaluate_runs, runs_on_other_windows
+
+    run = tmp_path / "parttok"
+    (run / "tokenizer").mkdir(parents=True)
+    (run / "logs").mkdir()
+    (run / "logs" / "config.yaml").write_text("data:\n  data_dirs: [data/bandai]\n")
+    with pytest.raises(SystemExit, match="no run .* can be measured"):
+        evaluate_runs(["parttok"], tmp_path, {}, tmp_path)
+
+    augmented = {"mirror": True, "augment": {"probability": 0.5}}
+    tilted = {"mirror": True, "augment": {"probability": 0.5, "tilt": 0.2}}
+    assert runs_on_other_windows({"parttok": augmented, "rvq": augmented}) is None
+    assert runs_on_other_windows({"parttok": augmented, "parttok_tilt": tilted}) is None
+    assert runs_on_other_windows({"parttok": augmented, "parttok_tilt": augmented}) == (
+        "parttok_tilt"
+    )
+    assert runs_on_other_windows({"parttok": augmented, "rvq": tilted}) == "rvq"
+    plain = {"mirror": False, "augment": None}
+    assert runs_on_other_windows({"parttok": augmented, "continuous": plain}) == "continuous"
+    with pytest.raises(SystemExit, match="beside parttok"):
+        runs_on_other_windows({"parttok_tilt": tilted})
 
 
 def test_save_and_load_give_identical_codes(converted, tmp_path):

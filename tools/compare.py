@@ -41,6 +41,7 @@ from parttok.tokenizer import Tokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import (  # noqa: E402 (tools/ is not a package)
     SPLITS,
+    record_splits,
     saved_data,
     splits_changed,
     training_splits,
@@ -63,10 +64,15 @@ MODELS = {
     "parttok_fsq": ["--model.model.init_args.quantizer", "fsq"],
     "parttok_facing": ["--model.facing_weight", "2.0"],
     "parttok_facing_0.25": ["--model.facing_weight", "0.25"],
-    # with --augment: the augmentation plus whole-body tilts (lying, bending far over), and
-    # plus the squats and jumps of the recipe candidate (tools/recipe.py)
-    "parttok_tilt": ["--data.augment", "{tilt: 0.2}"],
-    "parttok_crouch_jump_tilt": ["--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2}"],
+    # parttok with more augmentation (OWN_AUGMENTATION; with --augment only)
+    "parttok_tilt": [],
+    "parttok_crouch_jump_tilt": [],
+}
+# What a variant adds to the common augmentation: whole-body tilts (lying, bending far over),
+# and the squats and jumps of the recipe candidate as well (tools/recipe.py).
+OWN_AUGMENTATION = {
+    "parttok_tilt": {"tilt": 0.2},
+    "parttok_crouch_jump_tilt": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
 }
 LABELS = {
     "parttok": "parttok, 6 parts x 512",
@@ -87,12 +93,14 @@ LABELS = {
 def train_arguments(name: str, run: Path, minutes: float, augment: bool) -> list[str]:
     """The ``parttok train`` arguments of model ``name``: equal wall clock on the same data
     (no step cap); plain windows, or mirroring and the augmentation of configs/cpu.yaml."""
-    mirror, augmentation = ("true", "{}") if augment else ("false", "null")
+    if name in OWN_AUGMENTATION and not augment:
+        raise SystemExit(f"{name} adds to the augmentation: train it with --augment")
+    own = json.dumps(OWN_AUGMENTATION.get(name, {}))
+    mirror, augmentation = ("true", own) if augment else ("false", "null")
     budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     return [
-        "--config", "configs/cpu.yaml",
+        "--config", "configs/cpu.yaml", *MODELS[name],
         "--data.mirror", mirror, "--data.augment", augmentation,
-        *MODELS[name],  # after the data flags: a variant may set its own augmentation
         "--trainer.max_time", f"00:{budget}",
         "--trainer.default_root_dir", str(run),
         "--trainer.enable_progress_bar", "false",
@@ -112,7 +120,7 @@ def train_all(
             arguments = train_arguments(name, out / name, minutes, augment)
             command = [sys.executable, "-m", "parttok", "train", *arguments]
             (out / name).mkdir(parents=True, exist_ok=True)
-            write_text(out / name / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2))
+            (out / name / SPLITS).unlink(missing_ok=True)  # recorded once the run succeeds
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the run ends)
             process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
@@ -123,6 +131,8 @@ def train_all(
             if process.poll() is not None:
                 log.close()
                 seconds[name] = time.monotonic() - start
+                if process.returncode == 0:
+                    record_splits(out / name)
                 del running[name]
                 print(f"{name} finished with status {process.returncode}", flush=True)
     return seconds
@@ -157,11 +167,10 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
             trained.append(name)
     if not trained:
         raise SystemExit(f"no run in {out} can be measured: train them first")
-    data = {name: windows_text(saved_data(out / name)) for name in trained}
-    # e.g. runs from before and after a change of augmentation (but a variant may set its own)
-    shared = {data[name] for name in trained if "--data.augment" not in MODELS[name]}
-    if len(shared) > 1:
-        raise SystemExit(f"the runs in {out} trained on different data: retrain them")
+    saved = {name: saved_data(out / name) for name in trained}
+    if unlike := runs_on_other_windows(saved):
+        raise SystemExit(f"{unlike} in {out} trained on other windows than the rest: retrain")
+    data = {name: windows_text(settings) for name, settings in saved.items()}
     results = {}
     for name in trained:
         folder = out / name / "tokenizer"
@@ -177,6 +186,23 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
             results[name][key].pop("per_clip")
         print(f"{name}: {json.dumps({k: results[name][k]['mpjpe_mm'] for k in sets})}")
     return results
+
+
+def runs_on_other_windows(saved: dict[str, dict]) -> str | None:
+    """The first run whose windows were not made as the first common run's (with a variant's
+    own augmentation added), e.g. one trained before a change of the augmentation; None if
+    every run's were. The variants need a common run to be measured beside."""
+    common = [name for name in saved if name not in OWN_AUGMENTATION]
+    if not common:
+        raise SystemExit("measure the variants with their own augmentation beside parttok")
+    reference = saved[common[0]]
+    for name, settings in saved.items():
+        expected = dict(reference)
+        if name in OWN_AUGMENTATION:
+            expected["augment"] = {**(reference["augment"] or {}), **OWN_AUGMENTATION[name]}
+        if windows_text(settings) != windows_text(expected):
+            return name
+    return None
 
 
 def _against(ours: dict, theirs: dict) -> str:
@@ -216,16 +242,20 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
-def common_data(results: dict) -> str:
-    """How the training windows were made for every run but variants with their own."""
-    own = [name for name in results if "--data.augment" in MODELS[name]]
-    common = [name for name in results if name not in own] or own
-    return results[common[0]]["data"]
+def common_windows(results: dict) -> str:
+    """How the windows were made for every run (a variant adds its own augmentation)."""
+    return next(result["data"] for name, result in results.items() if name not in OWN_AUGMENTATION)
+
+
+def default_models(augment: bool) -> list[str]:
+    """Every model, but the variants adding to the augmentation when there is none."""
+    return [name for name in MODELS if augment or name not in OWN_AUGMENTATION]
 
 
 def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
     minutes, threads, parallel, augment = args.minutes, args.threads, args.parallel, args.augment
-    models = "" if args.models == list(MODELS) else " --models " + " ".join(args.models)
+    listed = args.models != default_models(augment)
+    models = " --models " + " ".join(args.models) if listed else ""
     lines = [
         "## Tokenizers side by side" + (", trained with augmentation" if augment else ""),
         "",
@@ -235,7 +265,7 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
         f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
-        f"CMU train splits without any 'run' clip; {common_data(results)}.",
+        f"CMU train splits without any 'run' clip; {common_windows(results)}.",
         f"In-distribution: {len(sets['in_distribution'])} Bandai Namco 2 validation clips. "
         f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
         "splits (an action never trained on), the CMU clips on the Character Creator rig but "
@@ -279,7 +309,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", choices=list(MODELS), help="default: every model (that applies)"
+    )
     parser.add_argument(
         "--augment", action="store_true", help="train every model mirrored and augmented"
     )
@@ -294,6 +326,9 @@ def main() -> int:
     args = parser.parse_args()
     args.out = args.out or REPO / "runs" / ("compare_augmented" if args.augment else "compare")
     args.out.mkdir(parents=True, exist_ok=True)
+    args.models = args.models or default_models(args.augment)
+    if not args.augment and (extra := set(args.models) & set(OWN_AUGMENTATION)):
+        raise SystemExit(f"{', '.join(sorted(extra))} add to the augmentation: use --augment")
     if args.only and not set(args.only) <= set(args.models):
         raise SystemExit("--only names models that --models does not list")
     if not args.evaluate_only:

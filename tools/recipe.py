@@ -126,7 +126,7 @@ def chance(measured: dict[str, dict]) -> list[str]:
     single runs smaller than that is not a finding."""
     lines = []
     for name in measured:
-        if not name.endswith("seed_1"):
+        if name != "seed_1" and not name.endswith("_seed_1"):
             continue
         first = name.removesuffix("_seed_1") if name != "seed_1" else "base"
         if first not in measured:

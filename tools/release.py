@@ -54,11 +54,16 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
         *(["--trainer.max_steps", str(steps)] if steps else []), *extra,
     ]  # fmt: skip
     run.mkdir(parents=True, exist_ok=True)
-    write_text(run / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2) + "\n")
+    record_splits(run)
     start = time.monotonic()
     with open(run.parent / f"{run.name}.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=log, check=True)
     return time.monotonic() - start
+
+
+def record_splits(run: Path) -> None:
+    """Write which clips ``run`` trains on (``training_splits`` of data/) into the run."""
+    write_text(run / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2) + "\n")
 
 
 def training_splits(data: Path) -> dict[str, str]:
