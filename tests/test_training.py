@@ -186,11 +186,11 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
     }
     lines = chance(measured)
     assert len(lines) == 2 and lines[0] == ""
-    assert "score 34.50 and 37.87" in lines[1] and "HumanML3D 50.8 and 59.5" in lines[1]
-    assert "closer than 3.37" in lines[1]
+    assert "score 26.35 and 27.05" in lines[1] and "HumanML3D 50.8 and 59.5" in lines[1]
+    assert "closer than 0.70" in lines[1]
     assert chance({"fsq": measured["fsq"]}) == []
     lines = chance({**measured, "base": sets(13.4, 56.0, 53.3)})
-    assert len(lines) == 3 and "score 40.90 and 41.60" in lines[2]
+    assert len(lines) == 3 and "score 34.70 and 35.60" in lines[2]
 
 
 def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(

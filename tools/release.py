@@ -8,7 +8,9 @@ model card, only when it beats the model shipped now.
 
 Measured on clips the model never trained on: the Bandai Namco 2 validation split
 (in-distribution), the validation splits of the CMU clips, and the HumanML3D reference clips
-(AMASS motion from other performers and capture systems: unseen).
+(AMASS motion from other performers and capture systems: unseen). A release is chosen on the
+two validation sets only (``score``); the HumanML3D clips are the test, reported, never chosen
+on, so that their figure is not flattered by the choice.
 """
 
 from __future__ import annotations
@@ -157,9 +159,12 @@ def same_sets(recorded: dict, sets: dict) -> bool:
     )
 
 
+VALIDATION = ("bandai_val", "cmu_val")  # what a release is chosen on (not the HumanML3D test)
+
+
 def score(results: dict) -> float:
-    """Lower is better: mean MPJPE over the three held-out sets."""
-    return sum(results[name]["mpjpe_mm"] for name in results) / len(results)
+    """Lower is better: mean MPJPE over the validation sets."""
+    return sum(results[name]["mpjpe_mm"] for name in VALIDATION) / len(VALIDATION)
 
 
 def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
@@ -218,6 +223,8 @@ unpickled.
 Clips never trained on; MPJPE pelvis-aligned in mm, every frame counted once; "facing" =
 MPJPE with each frame in its own facing frame (without the drift of the facing that the
 root's turning speed integrates to); usage = share of each part's codebook used on that set.
+A release is chosen on the two validation sets (bandai_val, cmu_val); the HumanML3D clips are
+the test, never chosen on.
 
 | set | clips | frames | MPJPE | PA-MPJPE | facing | accel (mm/frame^2) | codebook usage |
 |---|---|---|---|---|---|---|---|
