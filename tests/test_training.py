@@ -201,14 +201,11 @@ def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
     wall clock; a variant that sets its own augmentation keeps it."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     monkeypatch.chdir(REPO)
-    from compare import MODELS, train_arguments
+    from compare import MODELS, OWN_AUGMENTATION, train_arguments
 
     cpu = printed_config(capsys, "--config", "configs/cpu.yaml")
-    own = {
-        "parttok_tilt": {"tilt": 0.2},
-        "parttok_crouch_jump_tilt": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
-    }
-    assert own.keys() <= MODELS.keys()
+    own = OWN_AUGMENTATION
+    assert own.keys() <= MODELS.keys() and own["parttok_tilt"] == {"tilt": 0.2}
     classes = {"t2mgpt": "ConvVQ", "rvq": "ResidualConvVQ"}
     for augment in (True, False):
         for name in MODELS:
@@ -258,6 +255,39 @@ def test_compare_measures_only_runs_on_the_current_splits_and_the_same_windows(
     assert runs_on_other_windows({"parttok": augmented, "continuous": plain}) == "continuous"
     with pytest.raises(SystemExit, match="beside parttok"):
         runs_on_other_windows({"parttok_tilt": tilted})
+
+
+def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monkeypatch):
+    """tools/compare.py's summary: parttok against the better plain run of each baseline, and a
+    parttok variant against the baseline trained with the same added augmentation."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from compare import summary
+
+    def run(seen: float, unseen: float, facing: float) -> dict:
+        return {
+            "in_distribution": {"mpjpe_mm": seen},
+            "unseen": {"mpjpe_mm": unseen, "facing_mpjpe_mm": facing},
+        }
+
+    lines = summary(
+        {
+            "parttok": run(15.0, 90.0, 70.0),
+            "rvq": run(30.0, 120.0, 100.0),
+            "rvq_lr2e-4": run(25.0, 100.0, 100.0),
+            "parttok_crouch_jump_tilt": run(16.0, 70.0, 60.0),
+            "rvq_lr2e-4_crouch_jump_tilt": run(20.0, 100.0, 80.0),
+        }
+    )
+    assert lines[1] == (
+        "parttok against MoMask residual VQ, 6 x 512, lr 2e-4 (the better of its runs): 40% "
+        "lower MPJPE in-distribution, 10% lower on unseen clips (30% lower in the facing frame)."
+    )
+    assert lines[-1].startswith(
+        "parttok, 6 parts x 512, squats, jumps and tilts added against MoMask residual VQ, "
+        "6 x 512, lr 2e-4, squats, jumps and tilts added: 20% lower MPJPE in-distribution, "
+        "30% lower on unseen clips (25% lower"
+    )
+    assert len(lines) == 4  # the variant against parttok too
 
 
 def test_save_and_load_give_identical_codes(converted, tmp_path):

@@ -67,12 +67,16 @@ MODELS = {
     # parttok with more augmentation (OWN_AUGMENTATION; with --augment only)
     "parttok_tilt": [],
     "parttok_crouch_jump_tilt": [],
+    "parttok_crouch_jump_tilt_seed1": ["--seed_everything", "1"],
+    "rvq_lr2e-4_crouch_jump_tilt": ["--config", "configs/rvq.yaml", "--model.lr", "0.0002"],
 }
 # What a variant adds to the common augmentation: whole-body tilts (lying, bending far over),
 # and the squats and jumps of the recipe candidate as well (tools/recipe.py).
 OWN_AUGMENTATION = {
     "parttok_tilt": {"tilt": 0.2},
     "parttok_crouch_jump_tilt": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
+    "parttok_crouch_jump_tilt_seed1": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
+    "rvq_lr2e-4_crouch_jump_tilt": {"crouch": 0.3, "jump": 0.2, "tilt": 0.2},
 }
 LABELS = {
     "parttok": "parttok, 6 parts x 512",
@@ -87,6 +91,10 @@ LABELS = {
     "parttok_facing_0.25": "parttok, 6 parts x 512, facing loss weight 0.25",
     "parttok_tilt": "parttok, 6 parts x 512, whole-body tilts added (20%)",
     "parttok_crouch_jump_tilt": "parttok, 6 parts x 512, squats, jumps and tilts added",
+    "parttok_crouch_jump_tilt_seed1": "parttok, 6 parts x 512, squats, jumps and tilts added, "
+    "seed 1",
+    "rvq_lr2e-4_crouch_jump_tilt": "MoMask residual VQ, 6 x 512, lr 2e-4, squats, jumps and "
+    "tilts added",
 }
 
 
@@ -221,14 +229,15 @@ def _against(ours: dict, theirs: dict) -> str:
 
 
 def summary(results: dict) -> list[str]:
-    """parttok against the better run (lower in-distribution MPJPE) of each baseline, and
-    each one-change variant of parttok against parttok."""
+    """parttok against the better run (lower in-distribution MPJPE) of each baseline; each
+    one-change variant of parttok against parttok; and parttok against a baseline trained
+    with the same added augmentation."""
     if "parttok" not in results:
         return []
     ours = results["parttok"]
     lines = [""]
     for family in ("t2mgpt", "rvq"):
-        runs = [name for name in results if name.split("_")[0] == family]
+        runs = [n for n in results if n.split("_")[0] == family and n not in OWN_AUGMENTATION]
         if not runs:
             continue
         best = min(runs, key=lambda name: results[name]["in_distribution"]["mpjpe_mm"])
@@ -239,6 +248,17 @@ def summary(results: dict) -> list[str]:
     for name in results:
         if name.startswith("parttok_"):
             lines.append(f"{LABELS[name]} against parttok: {_against(results[name], ours)}.")
+    for baseline in results:
+        if baseline.startswith("parttok") or baseline not in OWN_AUGMENTATION:
+            continue
+        for name in results:
+            if name.startswith("parttok_") and (
+                OWN_AUGMENTATION.get(name) == OWN_AUGMENTATION[baseline]
+            ):
+                lines.append(
+                    f"{LABELS[name]} against {LABELS[baseline]}: "
+                    f"{_against(results[name], results[baseline])}."
+                )
     return lines
 
 
