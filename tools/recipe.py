@@ -53,6 +53,7 @@ OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclon
 OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
 TWIST_CROUCH_JUMP = ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}")
 CROUCH_JUMP = ("--data.augment", "{crouch: 0.3, jump: 0.2}")
+CROUCH_JUMP_TILT = ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2}")
 VARIANTS = {
     "base": (
         "the base recipe (model 63edf37f): CMU oversampled 3x, mirroring, augmentation",
@@ -92,7 +93,11 @@ VARIANTS = {
     ),
     "oversample_6_crouch_jump_tilt": (
         "CMU oversampled 6x, and augmentation adds squats, jumps and whole-body tilts (20%)",
-        OVERSAMPLE_6 + ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2}"),
+        OVERSAMPLE_6 + CROUCH_JUMP_TILT,
+    ),
+    "oversample_6_crouch_jump_tilt_seed_1": (
+        "CMU oversampled 6x, squats, jumps and tilts added, seed 1: how far chance moves that run",
+        OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--seed_everything", "1"),
     ),
     "oversample_6_dropout": (
         "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
