@@ -201,7 +201,10 @@ def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
     wall clock; a variant that sets its own augmentation keeps it."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     monkeypatch.chdir(REPO)
-    from compare import MODELS, OWN_AUGMENTATION, train_arguments
+    from compare import MODELS, OWN_AUGMENTATION, default_models, train_arguments
+    from compare import main as compare_main
+
+    assert not set(default_models(augment=False)) & OWN_AUGMENTATION.keys()
 
     cpu = printed_config(capsys, "--config", "configs/cpu.yaml")
     own = OWN_AUGMENTATION
@@ -210,8 +213,11 @@ def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
     for augment in (True, False):
         for name in MODELS:
             if name in own and not augment:  # adds to an augmentation there is not
+                monkeypatch.setattr(
+                    sys, "argv", ["compare.py", "--models", name, "--out", str(tmp_path)]
+                )
                 with pytest.raises(SystemExit, match="--augment"):
-                    train_arguments(name, tmp_path, 20, augment)
+                    compare_main()  # refused before anything trains
                 continue
             config = printed_config(capsys, *train_arguments(name, tmp_path, 20, augment))
             data, trainer = config["data"], config["trainer"]
