@@ -296,6 +296,29 @@ def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monk
     assert len(lines) == 4  # the variant against parttok too
 
 
+def test_compare_keeps_one_section_and_one_folder_per_budget(monkeypatch, tmp_path):
+    """tools/compare.py: a comparison at another budget or with other windows writes its own
+    BENCHMARKS.md section and trains into its own folder, leaving the others in place."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from compare import heading, run_name
+
+    from parttok.io import replace_markdown_section
+
+    budgets = [(20, False), (20, True), (60, True), (7.5, True)]
+    assert len({heading(*budget) for budget in budgets}) == len(budgets)
+    assert len({run_name(*budget) for budget in budgets}) == len(budgets)
+    assert heading(60, True) == (
+        "## Tokenizers side by side, 60 minutes each, trained with augmentation"
+    )
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    for minutes, augment in budgets:
+        replace_markdown_section(benchmarks, f"{heading(minutes, augment)}\n\n{minutes}\n")
+    replace_markdown_section(benchmarks, f"{heading(20, True)}\n\nagain\n")
+    text = benchmarks.read_text()
+    assert all(text.count(heading(*budget) + "\n") == 1 for budget in budgets)
+    assert "again" in text and "\n\n60\n" in text and text.count("\n\n20\n") == 1
+
+
 def test_save_and_load_give_identical_codes(converted, tmp_path):
     assert train(converted, tmp_path, "--trainer.max_steps", "4") == 0
     first = Tokenizer.from_pretrained(tmp_path / "tokenizer")

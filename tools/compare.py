@@ -1,6 +1,6 @@
 """Train parttok and the field's tokenizers under one budget and compare them on held-out
-real motion; writes the "Tokenizers side by side" section of BENCHMARKS.md (with
-``--augment``: "Tokenizers side by side, trained with augmentation").
+real motion; writes the "Tokenizers side by side, N minutes each" section of BENCHMARKS.md
+(with ``--augment``: "..., trained with augmentation"), one section per budget.
 
     python tools/prepare_data.py                   # once: data/bandai, data/cmu, data/cmu-iclone
     python tools/compare.py --minutes 20           # train every model, then evaluate
@@ -272,15 +272,28 @@ def default_models(augment: bool) -> list[str]:
     return [name for name in MODELS if augment or name not in OWN_AUGMENTATION]
 
 
+def run_name(minutes: float, augment: bool) -> str:
+    """The default folder under runs/ of a comparison: one per budget and kind of windows."""
+    return f"compare{'_augmented' if augment else ''}_{minutes:g}min"
+
+
+def heading(minutes: float, augment: bool) -> str:
+    """The BENCHMARKS.md heading of a comparison: one section per budget and kind of windows."""
+    windows = ", trained with augmentation" if augment else ""
+    return f"## Tokenizers side by side, {minutes:g} minutes each{windows}"
+
+
 def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
     minutes, threads, parallel, augment = args.minutes, args.threads, args.parallel, args.augment
     listed = args.models != default_models(augment)
     models = " --models " + " ".join(args.models) if listed else ""
+    out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
+    folder = f" --out {out}" if args.out != REPO / "runs" / run_name(minutes, augment) else ""
     lines = [
-        "## Tokenizers side by side" + (", trained with augmentation" if augment else ""),
+        heading(minutes, augment),
         "",
         f"Command: `python tools/compare.py --minutes {minutes:g} --threads {threads} "
-        f"--parallel {parallel}{' --augment' if augment else ''}{models}` "
+        f"--parallel {parallel}{' --augment' if augment else ''}{models}{folder}` "
         "(after `python tools/prepare_data.py`).",
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
@@ -326,7 +339,7 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=12)
+    parser.add_argument("--minutes", type=float, default=20, help="wall clock per model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument(
@@ -335,7 +348,7 @@ def main() -> int:
     parser.add_argument(
         "--augment", action="store_true", help="train every model mirrored and augmented"
     )
-    parser.add_argument("--out", type=Path, help="default runs/compare or runs/compare_augmented")
+    parser.add_argument("--out", type=Path, help="default: runs/compare[_augmented]_<N>min")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--evaluate-only", action="store_true")
@@ -344,7 +357,7 @@ def main() -> int:
     )
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args()
-    args.out = args.out or REPO / "runs" / ("compare_augmented" if args.augment else "compare")
+    args.out = args.out or REPO / "runs" / run_name(args.minutes, args.augment)
     args.out.mkdir(parents=True, exist_ok=True)
     args.models = args.models or default_models(args.augment)
     if not args.augment and (extra := set(args.models) & set(OWN_AUGMENTATION)):
