@@ -296,6 +296,29 @@ def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monk
     assert len(lines) == 4  # the variant against parttok too
 
 
+def test_compare_splits_unseen_clips_by_source_frame_weighted(monkeypatch):
+    """tools/compare.py: the unseen figure by source (the HumanML3D test clips apart from those
+    a recipe may be chosen on), every frame counted once."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from compare import by_source
+
+    def row(clip: str, frames: int, mpjpe: float) -> dict:
+        return {"clip": clip, "frames": frames, "mpjpe_mm": mpjpe, "facing_mpjpe_mm": mpjpe / 2}
+
+    rows = [
+        row("subject1_run_3", 100, 10.0),
+        row("cc/001_08", 300, 40.0),
+        row("cc/002_06", 100, 80.0),
+        row("hml/000000", 50, 60.0),
+    ]
+    sources = by_source(rows)
+    assert sources["Character Creator rig"] == {
+        "clips": 2, "frames": 400, "mpjpe_mm": 50.0, "facing_mpjpe_mm": 25.0
+    }  # fmt: skip
+    assert sources["HumanML3D"]["mpjpe_mm"] == 60.0
+    assert sources["Bandai 'run'"]["clips"] == 1
+
+
 def test_compare_keeps_one_section_and_one_folder_per_budget(monkeypatch, tmp_path):
     """tools/compare.py: a comparison at another budget or with other windows writes its own
     BENCHMARKS.md section and trains into its own folder, leaving the others in place."""

@@ -191,9 +191,35 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
             **{key: evaluate_clips(tokenizer, clips) for key, clips in sets.items()},
         }
         for key in sets:
-            results[name][key].pop("per_clip")
+            rows = results[name][key].pop("per_clip")
+            results[name][key]["by_source"] = by_source(rows)
         print(f"{name}: {json.dumps({k: results[name][k]['mpjpe_mm'] for k in sets})}")
     return results
+
+
+# Where an unseen clip comes from, by the prefix evaluation_sets gives its id.
+SOURCES = {"cc": "Character Creator rig", "hml": "HumanML3D"}
+BANDAI_RUN = "Bandai 'run'"
+
+
+def by_source(rows: list[dict]) -> dict[str, dict]:
+    """Frame-weighted MPJPE (and in the facing frame) of per-clip ``rows`` by where the clips
+    come from: the test clips (HumanML3D) apart from those a recipe may be chosen on."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        prefix = row["clip"].split("/")[0]
+        groups.setdefault(SOURCES.get(prefix, BANDAI_RUN), []).append(row)
+    return {
+        source: {
+            "clips": len(members),
+            "frames": (frames := sum(row["frames"] for row in members)),
+            **{
+                key: sum(row[key] * row["frames"] for row in members) / frames
+                for key in ("mpjpe_mm", "facing_mpjpe_mm")
+            },
+        }
+        for source, members in sorted(groups.items())
+    }
 
 
 def runs_on_other_windows(saved: dict[str, dict]) -> str | None:
@@ -328,6 +354,25 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
             f"{'n/a' if np.isnan(usage) else f'{usage:.0%}'} |"
         )
     lines += summary(results)
+    sources = next(iter(results.values()))["unseen"]["by_source"]
+    lines += [
+        "",
+        "Unseen clips by source, MPJPE mm (in the facing frame); frame-weighted:",
+        "",
+        "| tokenizer | "
+        + " | ".join(f"{source} ({row['clips']} clips)" for source, row in sources.items())
+        + " |",
+        "|---" * (len(sources) + 1) + "|",
+    ]
+    for name, result in results.items():
+        rows = result["unseen"]["by_source"]
+        lines.append(
+            f"| {LABELS[name]} | "
+            + " | ".join(
+                f"{rows[s]['mpjpe_mm']:.1f} ({rows[s]['facing_mpjpe_mm']:.1f})" for s in sources
+            )
+            + " |"
+        )
     lines += ["", "Per-part MPJPE on unseen clips (mm):", ""]
     parts = list(next(iter(results.values()))["unseen"]["per_part_mpjpe_mm"])
     lines += ["| tokenizer | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
