@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -191,6 +192,51 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
     assert chance({"fsq": measured["fsq"]}) == []
     lines = chance({**measured, "base": sets(13.4, 56.0, 53.3)})
     assert len(lines) == 3 and "score 34.70 and 35.60" in lines[2]
+
+
+def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypatch, tmp_path):
+    """tools/recipe.py: measurements are kept (runs/ is not), merged by step count; a row
+    measured on other held-out clips is dropped; the shipped model's row is marked by its
+    checkpoint and measured from parttok/pretrained only when its variant has no row."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import recipe
+    from release import clip_digest
+
+    monkeypatch.setattr(recipe, "RECORD", tmp_path / "recipe_measured.json")
+    sets = {"bandai_val": {"a": 0}, "cmu_val": {"b": 0}, "humanml3d": {"c": 0}}
+
+    def entry(bandai: float, checkpoint: str, held_out: dict) -> dict:
+        results = {
+            name: {
+                "mpjpe_mm": bandai if name == "bandai_val" else 40.0,
+                "facing_mpjpe_mm": 40.0,
+                "clip_digest": clip_digest(clips),
+            }
+            for name, clips in held_out.items()
+        }
+        return {"date": "2026-11-23", "global_step": 3000, "checkpoint": checkpoint,
+                "results": results}  # fmt: skip
+
+    other_clips = {**sets, "cmu_val": {"b": 0, "d": 0}}
+    recipe.save_record(3000, {"base": entry(14.0, "aa", sets), "fsq": entry(15.0, "bb", sets)})
+    newer = {"fsq": entry(16.0, "cc", sets), "seed_1": entry(1.0, "dd", other_clips)}
+    recipe.save_record(3000, newer)
+    recipe.save_record(4000, {"base": entry(12.0, "ee", sets)})
+    kept = recipe.recorded(3000, sets)
+    assert kept.keys() == {"base", "fsq"}  # seed_1 measured on other clips
+    assert kept["fsq"]["results"]["bandai_val"]["mpjpe_mm"] == 16.0  # the newer measurement
+    assert recipe.recorded(4000, sets)["base"]["checkpoint"] == "ee"
+
+    shipped = json.loads((recipe.PRETRAINED_DIR / recipe.METRICS).read_text())
+    kept["fsq"]["checkpoint"] = shipped["results"]["humanml3d"]["checkpoint"]
+    args = SimpleNamespace(steps=3000, out=tmp_path)
+    rows = [line for line in recipe.table(args, sets, kept).splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and rows[1].startswith("| the base recipe") and "| 27.00 |" in rows[1]
+    assert rows[2].startswith("| **FSQ") and "shipped**" in rows[2] and "| 28.00 |" in rows[2]
+
+    run = REPO / shipped["training"]["run"]
+    assert recipe.shipped_entry(run.parent, sets, known={run.name}) == {}
+    assert recipe.shipped_entry(tmp_path, sets, known=set()) == {}  # not a run of tmp_path
 
 
 def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(

@@ -13,7 +13,10 @@ ablations started from (``BASE``: the CMU folders listed three times, mirroring,
 without twists, squats, jumps or tilts), changed as the variant's name says ("base" changes
 nothing). The run the shipped model came from is marked. Runs go to
 runs/recipe<steps>/<variant>, one folder per step count. Measured as tools/release.py
-measures the shipped model. Writes the "## Training recipe, N steps" section of BENCHMARKS.md.
+measures the shipped model. Each measurement is kept in tools/recipe_measured.json, so a row
+stays when its run is gone (runs/ is not committed) and the held-out clips have not changed;
+the shipped model is measured from parttok/pretrained when its run's row is missing. Writes
+the "## Training recipe, N steps" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import datetime
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from parttok.io import machine_description, replace_markdown_section
+from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +39,7 @@ from release import (  # noqa: E402 (tools/ is not a package)
     METRICS,
     evaluation_sets,
     measure,
+    same_sets,
     score,
     splits_changed,
     train,
@@ -42,6 +47,8 @@ from release import (  # noqa: E402 (tools/ is not a package)
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# Every variant's measurement, by step count: the table keeps a row when its run is gone.
+RECORD = Path(__file__).with_name("recipe_measured.json")
 # The recipe of model 63edf37f, whatever configs/cpu.yaml now sets: every variant starts here.
 BASE = (
     "--data.data_dirs",
@@ -146,6 +153,59 @@ def chance(measured: dict[str, dict]) -> list[str]:
     return [""] + lines if lines else []
 
 
+def measure_runs(names: list[str], out: Path, sets: dict, steps: int) -> dict[str, dict]:
+    """Measure each variant's run in ``out``: its record (``RECORD``'s entry)."""
+    today = datetime.date.today().isoformat()
+    entries = {}
+    for name in names:
+        tokenizer = Tokenizer.from_pretrained(out / name / "tokenizer")
+        saved = json.loads((out / name / "tokenizer" / CONFIG_FILE).read_text())
+        entries[name] = {
+            "date": today,
+            "global_step": saved["training"].get("global_step", steps),
+            "checkpoint": tokenizer.identity,
+            "results": measure(tokenizer, sets),
+        }
+    return entries
+
+
+def recorded(steps: int, sets: dict) -> dict[str, dict]:
+    """The variants ``RECORD`` holds at ``steps`` steps, measured on the ``sets`` of now (the
+    runs themselves may be gone: runs/ is not kept)."""
+    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    entries = record.get(str(steps), {})
+    return {
+        name: entry
+        for name, entry in entries.items()
+        if name in VARIANTS and same_sets(entry["results"], sets)
+    }
+
+
+def save_record(steps: int, entries: dict[str, dict]) -> None:
+    """Put ``entries`` into ``RECORD`` at ``steps`` steps, replacing the older ones."""
+    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    record[str(steps)] = {**record.get(str(steps), {}), **entries}
+    write_text(RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def shipped_entry(out: Path, sets: dict, known: Iterable[str]) -> dict[str, dict]:
+    """The shipped model as the entry of the variant it was trained as, when that was a run of
+    ``out`` and is not ``known`` (measured): measured from parttok/pretrained, so its row stays
+    when its run is gone."""
+    training = json.loads((PRETRAINED_DIR / METRICS).read_text())["training"]
+    run = REPO / training.get("run", "")
+    if run.parent.resolve() != out.resolve() or run.name not in VARIANTS or run.name in known:
+        return {}
+    tokenizer = Tokenizer.from_pretrained()
+    entry = {
+        "date": training["date"],
+        "global_step": training["steps"],
+        "checkpoint": tokenizer.identity,
+        "results": measure(tokenizer, sets),
+    }
+    return {run.name: entry}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per variant")
@@ -170,11 +230,24 @@ def main() -> int:
         if unfit:
             print(f"{name} not measured: {unfit}", flush=True)
             trained.remove(name)
-    if not trained:
-        raise SystemExit(f"no variant trained in {args.out} on the current splits: train them")
     torch.set_num_threads(os.cpu_count() or 1)
-    out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
     sets = evaluation_sets(args.data, args.shared)
+    entries = measure_runs(trained, args.out, sets, args.steps)
+    previous = recorded(args.steps, sets)
+    entries |= shipped_entry(args.out, sets, known=previous.keys() | entries.keys())
+    save_record(args.steps, entries)
+    entries = {**previous, **entries}
+    if not entries:
+        raise SystemExit(f"no variant trained in {args.out} on the current splits: train them")
+    section = table(args, sets, entries)
+    replace_markdown_section(REPO / "BENCHMARKS.md", section)
+    print(section)
+    return 0
+
+
+def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str:
+    """The "Training recipe" section of BENCHMARKS.md: a row per measured variant."""
+    out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
     lines = [
         f"## Training recipe, {args.steps} steps",
         "",
@@ -188,44 +261,41 @@ def main() -> int:
         f"capture): {len(sets['bandai_val'])} Bandai Namco 2 validation clips; CMU val "
         f"{', '.join(sets['cmu_val'])}; the {len(sets['humanml3d'])} HumanML3D clips. Score: "
         "the mean of the two validation sets, what tools/release.py chooses a release on; the "
-        "HumanML3D clips are the test, never chosen on.",
+        "HumanML3D clips are the test, never chosen on. Runs measured earlier on the same clips "
+        f"(tools/{RECORD.name}; runs/ is not kept) keep their rows and the date they were "
+        "measured.",
         "",
         "| variant | Bandai val | CMU val | score | HumanML3D | HumanML3D, facing frame "
-        "| HumanML3D per clip |",
-        "|---|---|---|---|---|---|---|",
+        "| measured | HumanML3D per clip |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    shipped = json.loads((PRETRAINED_DIR / METRICS).read_text())["training"]["run"]
+    shipped = json.loads((PRETRAINED_DIR / METRICS).read_text())["results"]["humanml3d"]
     measured = {}
-    for name in trained:
+    for name in (name for name in VARIANTS if name in entries):
+        entry = entries[name]
         label = VARIANTS[name][0]
-        if (args.out / name).resolve() == (REPO / shipped).resolve():
+        if entry["checkpoint"] == shipped["checkpoint"]:
             label = f"**{label}: shipped**"
-        tokenizer = Tokenizer.from_pretrained(args.out / name / "tokenizer")
-        saved = json.loads((args.out / name / "tokenizer" / CONFIG_FILE).read_text())
-        steps = saved["training"].get("global_step", args.steps)
-        if steps != args.steps:  # stopped early by --minutes: the learning rate had not decayed
-            label = f"{label} ({steps} steps: stopped by the time cap)"
-        results = measured[name] = measure(tokenizer, sets)
+        if entry["global_step"] != args.steps:  # stopped by --minutes: the rate had not decayed
+            label = f"{label} ({entry['global_step']} steps: stopped by the time cap)"
+        results = measured[name] = entry["results"]
         clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
         lines.append(
             f"| {label} | {results['bandai_val']['mpjpe_mm']:.1f} | "
             f"{results['cmu_val']['mpjpe_mm']:.1f} | {score(results):.2f} | "
             f"{results['humanml3d']['mpjpe_mm']:.1f} | "
-            f"{results['humanml3d']['facing_mpjpe_mm']:.1f} | "
+            f"{results['humanml3d']['facing_mpjpe_mm']:.1f} | {entry['date']} | "
             + ", ".join(f"{clip} {value:.1f}" for clip, value in clips.items())
             + " |"
         )
     lines += chance(measured)
-    untrained = [VARIANTS[name][0] for name in VARIANTS if name not in trained]
+    untrained = [VARIANTS[name][0] for name in VARIANTS if name not in entries]
     if untrained:
         lines += [
             "",
             f"Not trained at {args.steps} steps on these splits yet: {'; '.join(untrained)}.",
         ]
-    section = "\n".join(lines) + "\n"
-    replace_markdown_section(REPO / "BENCHMARKS.md", section)
-    print(section)
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
