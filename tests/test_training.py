@@ -195,37 +195,47 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
 
 
 def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypatch, tmp_path):
-    """tools/recipe.py: measurements are kept (runs/ is not), merged by step count; a row
-    measured on other held-out clips is dropped; the shipped model's row is marked by its
-    checkpoint and measured from parttok/pretrained only when its variant has no row."""
+    """tools/recipe.py: measurements are kept (runs/ is not), by run folder; a row whose held-out
+    clips, splits, arguments or step count are not those of now is dropped; a new measurement
+    replaces an old one; the shipped model's row is marked by its checkpoint and measured from
+    parttok/pretrained only when its variant has no row and its held-out clips are the same."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     import recipe
     from release import clip_digest
 
     monkeypatch.setattr(recipe, "RECORD", tmp_path / "recipe_measured.json")
     sets = {"bandai_val": {"a": 0}, "cmu_val": {"b": 0}, "humanml3d": {"c": 0}}
+    splits = {"bandai": "1234", "cmu": "5678"}
+    out = recipe.REPO / "runs" / "recipe3000"
 
-    def entry(bandai: float, checkpoint: str, held_out: dict) -> dict:
+    def entry(name: str, bandai: float, checkpoint: str, **changes) -> dict:
+        held_out = changes.pop("held_out", sets)
         results = {
-            name: {
-                "mpjpe_mm": bandai if name == "bandai_val" else 40.0,
+            set_name: {
+                "mpjpe_mm": bandai if set_name == "bandai_val" else 40.0,
                 "facing_mpjpe_mm": 40.0,
                 "clip_digest": clip_digest(clips),
             }
-            for name, clips in held_out.items()
+            for set_name, clips in held_out.items()
         }
-        return {"date": "2026-11-23", "global_step": 3000, "checkpoint": checkpoint,
-                "results": results}  # fmt: skip
+        return {"date": "2026-11-23", "steps": 3000, "global_step": 3000,
+                "checkpoint": checkpoint, **recipe.recipe_of(name, splits),
+                "results": results, **changes}  # fmt: skip
 
-    other_clips = {**sets, "cmu_val": {"b": 0, "d": 0}}
-    recipe.save_record(3000, {"base": entry(14.0, "aa", sets), "fsq": entry(15.0, "bb", sets)})
-    newer = {"fsq": entry(16.0, "cc", sets), "seed_1": entry(1.0, "dd", other_clips)}
-    recipe.save_record(3000, newer)
-    recipe.save_record(4000, {"base": entry(12.0, "ee", sets)})
-    kept = recipe.recorded(3000, sets)
-    assert kept.keys() == {"base", "fsq"}  # seed_1 measured on other clips
-    assert kept["fsq"]["results"]["bandai_val"]["mpjpe_mm"] == 16.0  # the newer measurement
-    assert recipe.recorded(4000, sets)["base"]["checkpoint"] == "ee"
+    first = {"base": entry("base", 14.0, "aa"), "fsq": entry("fsq", 15.0, "bb")}
+    assert recipe.update_record(out, 3000, sets, splits, first).keys() == first.keys()
+    newer = {
+        "fsq": entry("fsq", 16.0, "cc"),
+        "seed_1": entry("seed_1", 1.0, "dd", held_out={**sets, "cmu_val": {"b": 0, "d": 0}}),
+        "no_mirroring": entry("no_mirroring", 1.0, "ee", splits={"bandai": "other"}),
+        "oversample_6": entry("oversample_6", 1.0, "ff", arguments=["--data.mirror", "false"]),
+        "oversample_10": entry("oversample_10", 1.0, "gg", steps=2000),
+    }
+    shown = recipe.update_record(out, 3000, sets, splits, newer)
+    assert shown["fsq"]["checkpoint"] == "cc" and len(shown) == len(newer) + 1  # as measured
+    kept = recipe.recorded(out, 3000, sets, splits)
+    assert kept.keys() == {"base", "fsq"} and kept["fsq"]["checkpoint"] == "cc"
+    assert recipe.recorded(tmp_path / "elsewhere", 3000, sets, splits) == {}
 
     shipped = json.loads((recipe.PRETRAINED_DIR / recipe.METRICS).read_text())
     kept["fsq"]["checkpoint"] = shipped["results"]["humanml3d"]["checkpoint"]
@@ -233,10 +243,19 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
     rows = [line for line in recipe.table(args, sets, kept).splitlines() if line.startswith("| ")]
     assert len(rows) == 3 and rows[1].startswith("| the base recipe") and "| 27.00 |" in rows[1]
     assert rows[2].startswith("| **FSQ") and "shipped**" in rows[2] and "| 28.00 |" in rows[2]
+    assert "| 2026-11-23 |" in rows[1]
 
     run = REPO / shipped["training"]["run"]
-    assert recipe.shipped_entry(run.parent, sets, known={run.name}) == {}
-    assert recipe.shipped_entry(tmp_path, sets, known=set()) == {}  # not a run of tmp_path
+    monkeypatch.setattr(recipe, "measure", lambda tokenizer, held_out: shipped["results"])
+    held_out = {name: {"x": 0} for name in shipped["results"]}  # not the clips it was measured on
+    assert recipe.shipped_entry(run.parent, 3000, held_out, splits, known=set()) == {}
+    monkeypatch.setattr(recipe, "same_sets", lambda recorded, held_out: True)
+    assert recipe.shipped_entry(run.parent, 3000, sets, splits, known={run.name}) == {}
+    assert recipe.shipped_entry(tmp_path, 3000, sets, splits, known=set()) == {}  # not its folder
+    measured = recipe.shipped_entry(run.parent, 3000, sets, splits, known=set())
+    assert measured.keys() == {run.name}
+    assert measured[run.name]["checkpoint"] == shipped["results"]["humanml3d"]["checkpoint"]
+    assert measured[run.name]["results"] == shipped["results"]
 
 
 def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
@@ -352,7 +371,7 @@ def test_compare_splits_unseen_clips_by_source_frame_weighted(monkeypatch):
         return {"clip": clip, "frames": frames, "mpjpe_mm": mpjpe, "facing_mpjpe_mm": mpjpe / 2}
 
     rows = [
-        row("subject1_run_3", 100, 10.0),
+        row("dataset-1_run_normal_001", 100, 10.0),
         row("cc/001_08", 300, 40.0),
         row("cc/002_06", 100, 80.0),
         row("hml/000000", 50, 60.0),
@@ -363,6 +382,8 @@ def test_compare_splits_unseen_clips_by_source_frame_weighted(monkeypatch):
     }  # fmt: skip
     assert sources["HumanML3D"]["mpjpe_mm"] == 60.0
     assert sources["Bandai 'run'"]["clips"] == 1
+    with pytest.raises(ValueError, match="no source"):
+        by_source([row("dataset-1_walk_normal_001", 10, 1.0)])  # not an unseen Bandai clip
 
 
 def test_compare_keeps_one_section_and_one_folder_per_budget(monkeypatch, tmp_path):

@@ -197,18 +197,28 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
     return results
 
 
-# Where an unseen clip comes from, by the prefix evaluation_sets gives its id.
+# Where an unseen clip comes from, by the prefix evaluation_sets gives its id (Bandai's have
+# none: their ids hold HELD_OUT).
 SOURCES = {"cc": "Character Creator rig", "hml": "HumanML3D"}
 BANDAI_RUN = "Bandai 'run'"
 
 
+def source_of(clip: str) -> str:
+    """Where the unseen clip ``clip`` (an id from ``evaluation_sets``) comes from."""
+    prefix = clip.split("/")[0]
+    if prefix in SOURCES:
+        return SOURCES[prefix]
+    if "/" not in clip and HELD_OUT in clip:
+        return BANDAI_RUN
+    raise ValueError(f"unseen clip {clip!r} comes from no source compare.py knows")
+
+
 def by_source(rows: list[dict]) -> dict[str, dict]:
     """Frame-weighted MPJPE (and in the facing frame) of per-clip ``rows`` by where the clips
-    come from: the test clips (HumanML3D) apart from those a recipe may be chosen on."""
+    come from, so that the HumanML3D clips (the test) can be read apart from the rest."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        prefix = row["clip"].split("/")[0]
-        groups.setdefault(SOURCES.get(prefix, BANDAI_RUN), []).append(row)
+        groups.setdefault(source_of(row["clip"]), []).append(row)
     return {
         source: {
             "clips": len(members),
@@ -402,7 +412,7 @@ def main() -> int:
     )
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args()
-    args.out = args.out or REPO / "runs" / run_name(args.minutes, args.augment)
+    args.out = (args.out or REPO / "runs" / run_name(args.minutes, args.augment)).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     args.models = args.models or default_models(args.augment)
     if not args.augment and (extra := set(args.models) & set(OWN_AUGMENTATION)):

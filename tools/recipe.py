@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import yaml
 
 from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, Tokenizer
@@ -153,8 +154,20 @@ def chance(measured: dict[str, dict]) -> list[str]:
     return [""] + lines if lines else []
 
 
-def measure_runs(names: list[str], out: Path, sets: dict, steps: int) -> dict[str, dict]:
-    """Measure each variant's run in ``out``: its record (``RECORD``'s entry)."""
+def recipe_of(name: str, splits: dict[str, str]) -> dict:
+    """What variant ``name`` trains with now: its arguments, configs/cpu.yaml (parsed) and the
+    train ``splits`` (``training_splits``). A measurement counts while all three are unchanged."""
+    return {
+        "arguments": list(BASE + VARIANTS[name][1]),
+        "cpu_yaml": yaml.safe_load((REPO / "configs" / "cpu.yaml").read_text()),
+        "splits": splits,
+    }
+
+
+def measure_runs(
+    names: list[str], out: Path, steps: int, sets: dict, splits: dict[str, str]
+) -> dict[str, dict]:
+    """Measure each variant's run in ``out``: its entry in ``RECORD``."""
     today = datetime.date.today().isoformat()
     entries = {}
     for name in names:
@@ -162,48 +175,69 @@ def measure_runs(names: list[str], out: Path, sets: dict, steps: int) -> dict[st
         saved = json.loads((out / name / "tokenizer" / CONFIG_FILE).read_text())
         entries[name] = {
             "date": today,
+            "steps": steps,
             "global_step": saved["training"].get("global_step", steps),
             "checkpoint": tokenizer.identity,
+            **recipe_of(name, splits),
             "results": measure(tokenizer, sets),
         }
     return entries
 
 
-def recorded(steps: int, sets: dict) -> dict[str, dict]:
-    """The variants ``RECORD`` holds at ``steps`` steps, measured on the ``sets`` of now (the
-    runs themselves may be gone: runs/ is not kept)."""
-    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
-    entries = record.get(str(steps), {})
-    return {
-        name: entry
-        for name, entry in entries.items()
-        if name in VARIANTS and same_sets(entry["results"], sets)
-    }
-
-
-def save_record(steps: int, entries: dict[str, dict]) -> None:
-    """Put ``entries`` into ``RECORD`` at ``steps`` steps, replacing the older ones."""
-    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
-    record[str(steps)] = {**record.get(str(steps), {}), **entries}
-    write_text(RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
-def shipped_entry(out: Path, sets: dict, known: Iterable[str]) -> dict[str, dict]:
+def shipped_entry(
+    out: Path, steps: int, sets: dict, splits: dict[str, str], known: Iterable[str]
+) -> dict[str, dict]:
     """The shipped model as the entry of the variant it was trained as, when that was a run of
-    ``out`` and is not ``known`` (measured): measured from parttok/pretrained, so its row stays
-    when its run is gone."""
-    training = json.loads((PRETRAINED_DIR / METRICS).read_text())["training"]
+    ``out`` not ``known`` (measured) and its held-out clips are ``sets``: measured from
+    parttok/pretrained, so its row stays when its run is gone."""
+    shipped = json.loads((PRETRAINED_DIR / METRICS).read_text())
+    training = shipped["training"]
     run = REPO / training.get("run", "")
     if run.parent.resolve() != out.resolve() or run.name not in VARIANTS or run.name in known:
         return {}
+    if training.get("steps") != steps or not same_sets(shipped["results"], sets):
+        return {}  # other steps, or held-out clips it may have trained on
     tokenizer = Tokenizer.from_pretrained()
     entry = {
-        "date": training["date"],
-        "global_step": training["steps"],
+        "date": datetime.date.today().isoformat(),
+        "steps": steps,
+        "global_step": steps,
         "checkpoint": tokenizer.identity,
+        **recipe_of(run.name, splits),
         "results": measure(tokenizer, sets),
     }
     return {run.name: entry}
+
+
+def record_key(out: Path) -> str:
+    """``RECORD``'s key for the runs in ``out``."""
+    return str(out.relative_to(REPO) if out.is_relative_to(REPO) else out)
+
+
+def recorded(out: Path, steps: int, sets: dict, splits: dict[str, str]) -> dict[str, dict]:
+    """The variants ``RECORD`` holds for ``out``, trained ``steps`` steps with the recipe of now
+    (``recipe_of``) and measured on the ``sets`` of now; their runs may be gone."""
+    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    return {
+        name: entry
+        for name, entry in record.get(record_key(out), {}).items()
+        if name in VARIANTS
+        and entry["steps"] == steps
+        and all(entry[key] == value for key, value in recipe_of(name, splits).items())
+        and same_sets(entry["results"], sets)
+    }
+
+
+def update_record(
+    out: Path, steps: int, sets: dict, splits: dict[str, str], entries: dict[str, dict]
+) -> dict:
+    """Put the new ``entries`` into ``RECORD``; return them with the recorded ones that still
+    count (``recorded``), the new ones first in precedence."""
+    if entries:
+        record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+        record[record_key(out)] = {**record.get(record_key(out), {}), **entries}
+        write_text(RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return {**recorded(out, steps, sets, splits), **entries}
 
 
 def main() -> int:
@@ -216,7 +250,7 @@ def main() -> int:
     parser.add_argument("--evaluate-only", action="store_true", help="measure existing runs")
     parser.add_argument("--only", nargs="+", choices=VARIANTS, help="train only these variants")
     args = parser.parse_args()
-    args.out = args.out or REPO / "runs" / f"recipe{args.steps}"
+    args.out = (args.out or REPO / "runs" / f"recipe{args.steps}").resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
         for name in args.only or VARIANTS:
@@ -232,11 +266,10 @@ def main() -> int:
             trained.remove(name)
     torch.set_num_threads(os.cpu_count() or 1)
     sets = evaluation_sets(args.data, args.shared)
-    entries = measure_runs(trained, args.out, sets, args.steps)
-    previous = recorded(args.steps, sets)
-    entries |= shipped_entry(args.out, sets, known=previous.keys() | entries.keys())
-    save_record(args.steps, entries)
-    entries = {**previous, **entries}
+    entries = measure_runs(trained, args.out, args.steps, sets, current)
+    known = recorded(args.out, args.steps, sets, current).keys() | entries.keys()
+    entries |= shipped_entry(args.out, args.steps, sets, current, known)
+    entries = update_record(args.out, args.steps, sets, current, entries)
     if not entries:
         raise SystemExit(f"no variant trained in {args.out} on the current splits: train them")
     section = table(args, sets, entries)
@@ -261,9 +294,9 @@ def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str
         f"capture): {len(sets['bandai_val'])} Bandai Namco 2 validation clips; CMU val "
         f"{', '.join(sets['cmu_val'])}; the {len(sets['humanml3d'])} HumanML3D clips. Score: "
         "the mean of the two validation sets, what tools/release.py chooses a release on; the "
-        "HumanML3D clips are the test, never chosen on. Runs measured earlier on the same clips "
-        f"(tools/{RECORD.name}; runs/ is not kept) keep their rows and the date they were "
-        "measured.",
+        "HumanML3D clips are the test, never chosen on. A run measured earlier keeps its row "
+        f"(tools/{RECORD.name}; runs/ is not kept) while its recipe, configs/cpu.yaml, the "
+        "splits and the held-out clips are unchanged; the measured column gives its date.",
         "",
         "| variant | Bandai val | CMU val | score | HumanML3D | HumanML3D, facing frame "
         "| measured | HumanML3D per clip |",
