@@ -386,6 +386,44 @@ def test_compare_splits_unseen_clips_by_source_frame_weighted(monkeypatch):
         by_source([row("dataset-1_walk_normal_001", 10, 1.0)])  # not an unseen Bandai clip
 
 
+def test_compare_measures_a_trained_run_and_tables_its_unseen_clips_by_source(
+    converted, humanml3d_dir, monkeypatch, tmp_path
+):
+    """tools/compare.py end to end on a run trained a few steps on real clips: measured on
+    held-out real clips, the unseen ones also by source, and written as markdown."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from compare import evaluate_runs, markdown
+    from release import SPLITS, training_splits
+
+    from parttok.data import HumanML3DFolder
+
+    out = tmp_path / "runs"
+    assert train(converted, out / "parttok", "--trainer.max_steps", "2") == 0
+    (out / "parttok" / SPLITS).write_text(json.dumps(training_splits(converted.parent)))
+    clips = HumanML3DFolder(converted)
+    held_out = clips.ids("val") or clips.ids("test")
+    reference = HumanML3DFolder(humanml3d_dir)
+    sets = {
+        "in_distribution": {i: clips.features(i) for i in held_out},
+        "unseen": {f"hml/{i}": reference.features(i) for i in reference.ids()[:2]}
+        | {"dataset-1_run_normal_001": clips.features(held_out[0])},
+    }
+    results = evaluate_runs(["parttok"], out, sets, converted.parent)
+    unseen = results["parttok"]["unseen"]
+    assert "by_source" not in results["parttok"]["in_distribution"]
+    assert unseen["by_source"].keys() == {"Bandai 'run'", "HumanML3D"}
+    frames = sum(row["frames"] for row in unseen["by_source"].values())
+    assert frames == unseen["frames"]
+    mean = sum(row["mpjpe_mm"] * row["frames"] for row in unseen["by_source"].values()) / frames
+    assert mean == pytest.approx(unseen["mpjpe_mm"])
+    args = SimpleNamespace(
+        minutes=1, threads=1, parallel=1, augment=False, models=["parttok"], out=out
+    )
+    text = markdown(results, args, sets)
+    assert "| tokenizer | Bandai 'run' (1 clips) | HumanML3D (2 clips) |" in text
+    assert f" --out {out}`" in text  # not the default folder
+
+
 def test_compare_keeps_one_section_and_one_folder_per_budget(monkeypatch, tmp_path):
     """tools/compare.py: a comparison at another budget or with other windows writes its own
     BENCHMARKS.md section and trains into its own folder, leaving the others in place."""

@@ -192,7 +192,8 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
         }
         for key in sets:
             rows = results[name][key].pop("per_clip")
-            results[name][key]["by_source"] = by_source(rows)
+            if key == "unseen":
+                results[name][key]["by_source"] = by_source(rows)
         print(f"{name}: {json.dumps({k: results[name][k]['mpjpe_mm'] for k in sets})}")
     return results
 
