@@ -12,7 +12,7 @@ from conftest import SMALL_TOKENIZER
 from parttok.baselines import ConvVQ, ResidualConvVQ
 from parttok.errors import FeatureError
 from parttok.features import FEATURE_DIM, POSE_FEATURE_INDICES
-from parttok.model import FIVE_PARTS, SIX_PARTS, PartTokenizer
+from parttok.model import FIVE_PARTS, SIX_PARTS, PartTokenizer, attend, temporal_mask
 
 CLIPS = ("000000", "007005", "012314", "M010655")
 # Tiny sizes so every test runs in a second or two on two loaded cores: the shared small
@@ -328,3 +328,25 @@ def test_overfits_one_real_clip(make, factor, clips):
         optimizer.step()
     final = (model.decode(model.encode(target)) - target).square().mean().item()
     assert initial / final > factor, f"{initial:.3f} -> {final:.4f}"
+
+
+def test_attention_on_the_cpu_is_the_fused_kernels():
+    """``attend``'s CPU path (two matrix products) gives what torch's fused attention gives:
+    unmasked, with the part queries' bool mask, and with a padded window's additive bias."""
+    torch.manual_seed(0)
+
+    def split_heads(t: torch.Tensor) -> torch.Tensor:  # (N, L, 32) -> (N, 4, L, 8)
+        return t.view(len(t), -1, 4, 8).transpose(1, 2)
+
+    k, v = torch.randn(3, 7, 32), torch.randn(3, 7, 32)
+    part_mask = torch.rand(5, 7) > 0.5
+    part_mask[:, 0] = True  # every query reads some token
+    steps = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 7])
+    bias = torch.where(temporal_mask(steps, 2)[:, None], torch.randn(4, 7, 7), float("-inf"))
+    for mask, queries in ((None, 5), (part_mask, 5), (bias, 7)):
+        q = torch.randn(3, queries, 32)
+        fused = torch.nn.functional.scaled_dot_product_attention(
+            split_heads(q), split_heads(k), split_heads(v), attn_mask=mask
+        )  # (N, 4, L, 8)
+        expected = fused.transpose(1, 2).reshape(3, queries, 32)
+        assert torch.allclose(attend(q, k, v, 4, mask, 0.0), expected, atol=1e-5)
