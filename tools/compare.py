@@ -41,6 +41,7 @@ from parttok.tokenizer import Tokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import (  # noqa: E402 (tools/ is not a package)
     SPLITS,
+    in_repo,
     record_splits,
     saved_data,
     splits_changed,
@@ -324,8 +325,8 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
     minutes, threads, parallel, augment = args.minutes, args.threads, args.parallel, args.augment
     listed = args.models != default_models(augment)
     models = " --models " + " ".join(args.models) if listed else ""
-    out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
-    folder = f" --out {out}" if args.out != REPO / "runs" / run_name(minutes, augment) else ""
+    default = args.out == REPO / "runs" / run_name(minutes, augment)
+    folder = "" if default else f" --out {in_repo(args.out)}"
     lines = [
         heading(minutes, augment),
         "",

@@ -14,9 +14,10 @@ without twists, squats, jumps or tilts), changed as the variant's name says ("ba
 nothing). The run the shipped model came from is marked. Runs go to
 runs/recipe<steps>/<variant>, one folder per step count. Measured as tools/release.py
 measures the shipped model. Each measurement is kept in tools/recipe_measured.json, so a row
-stays when its run is gone (runs/ is not committed) and the held-out clips have not changed;
-the shipped model is measured from parttok/pretrained when its run's row is missing. Writes
-the "## Training recipe, N steps" section of BENCHMARKS.md.
+stays when its run is gone (runs/ is not committed) while the variant's arguments,
+configs/cpu.yaml, the train splits and the held-out clips are unchanged; the shipped model is
+measured from parttok/pretrained when its run's row is missing. Writes the "## Training
+recipe, N steps" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import (  # noqa: E402 (tools/ is not a package)
     METRICS,
     evaluation_sets,
+    in_repo,
     measure,
     same_sets,
     score,
@@ -48,7 +50,7 @@ from release import (  # noqa: E402 (tools/ is not a package)
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# Every variant's measurement, by step count: the table keeps a row when its run is gone.
+# Every variant's measurement, by run folder: the table keeps a row when its run is gone.
 RECORD = Path(__file__).with_name("recipe_measured.json")
 # The recipe of model 63edf37f, whatever configs/cpu.yaml now sets: every variant starts here.
 BASE = (
@@ -164,23 +166,30 @@ def recipe_of(name: str, splits: dict[str, str]) -> dict:
     }
 
 
+def entry_of(
+    name: str, tokenizer: Tokenizer, steps: int, global_step: int, sets: dict, splits: dict
+) -> dict:
+    """The ``RECORD`` entry of variant ``name``'s ``tokenizer``, measured on ``sets`` today."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "steps": steps,
+        "global_step": global_step,
+        "checkpoint": tokenizer.identity,
+        **recipe_of(name, splits),
+        "results": measure(tokenizer, sets),
+    }
+
+
 def measure_runs(
     names: list[str], out: Path, steps: int, sets: dict, splits: dict[str, str]
 ) -> dict[str, dict]:
     """Measure each variant's run in ``out``: its entry in ``RECORD``."""
-    today = datetime.date.today().isoformat()
     entries = {}
     for name in names:
         tokenizer = Tokenizer.from_pretrained(out / name / "tokenizer")
         saved = json.loads((out / name / "tokenizer" / CONFIG_FILE).read_text())
-        entries[name] = {
-            "date": today,
-            "steps": steps,
-            "global_step": saved["training"].get("global_step", steps),
-            "checkpoint": tokenizer.identity,
-            **recipe_of(name, splits),
-            "results": measure(tokenizer, sets),
-        }
+        global_step = saved["training"].get("global_step", steps)
+        entries[name] = entry_of(name, tokenizer, steps, global_step, sets, splits)
     return entries
 
 
@@ -198,29 +207,20 @@ def shipped_entry(
     if training.get("steps") != steps or not same_sets(shipped["results"], sets):
         return {}  # other steps, or held-out clips it may have trained on
     tokenizer = Tokenizer.from_pretrained()
-    entry = {
-        "date": datetime.date.today().isoformat(),
-        "steps": steps,
-        "global_step": steps,
-        "checkpoint": tokenizer.identity,
-        **recipe_of(run.name, splits),
-        "results": measure(tokenizer, sets),
-    }
-    return {run.name: entry}
+    return {run.name: entry_of(run.name, tokenizer, steps, steps, sets, splits)}
 
 
-def record_key(out: Path) -> str:
-    """``RECORD``'s key for the runs in ``out``."""
-    return str(out.relative_to(REPO) if out.is_relative_to(REPO) else out)
+def read_record() -> dict[str, dict]:
+    """``RECORD``: run folder (``in_repo``) -> variant -> entry; empty before the first."""
+    return json.loads(RECORD.read_text()) if RECORD.is_file() else {}
 
 
 def recorded(out: Path, steps: int, sets: dict, splits: dict[str, str]) -> dict[str, dict]:
     """The variants ``RECORD`` holds for ``out``, trained ``steps`` steps with the recipe of now
     (``recipe_of``) and measured on the ``sets`` of now; their runs may be gone."""
-    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
     return {
         name: entry
-        for name, entry in record.get(record_key(out), {}).items()
+        for name, entry in read_record().get(in_repo(out), {}).items()
         if name in VARIANTS
         and entry["steps"] == steps
         and all(entry[key] == value for key, value in recipe_of(name, splits).items())
@@ -234,8 +234,8 @@ def update_record(
     """Put the new ``entries`` into ``RECORD``; return them with the recorded ones that still
     count (``recorded``), the new ones first in precedence."""
     if entries:
-        record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
-        record[record_key(out)] = {**record.get(record_key(out), {}), **entries}
+        record = read_record()
+        record[in_repo(out)] = {**record.get(in_repo(out), {}), **entries}
         write_text(RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return {**recorded(out, steps, sets, splits), **entries}
 
@@ -280,11 +280,11 @@ def main() -> int:
 
 def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str:
     """The "Training recipe" section of BENCHMARKS.md: a row per measured variant."""
-    out = args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out
     lines = [
         f"## Training recipe, {args.steps} steps",
         "",
-        f"Command: `python tools/recipe.py --steps {args.steps} --out {out}` (after `python "
+        f"Command: `python tools/recipe.py --steps {args.steps} --out {in_repo(args.out)}` "
+        "(after `python "
         f"tools/prepare_data.py`). {machine_description()}, no GPU; "
         f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
         "steps of configs/cpu.yaml with the base recipe's data settings and differs from it only "

@@ -63,6 +63,12 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
     return time.monotonic() - start
 
 
+def in_repo(path: Path) -> str:
+    """``path`` as the tools print it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
 def record_splits(run: Path) -> None:
     """Write which clips ``run`` trains on (``training_splits`` of data/) into the run."""
     write_text(run / SPLITS, json.dumps(training_splits(REPO / "data"), indent=2) + "\n")
@@ -317,13 +323,13 @@ def main() -> int:
         "note": args.note,
         "folders": folders_text(data),
         "windows": windows_text(data),
-        "run": args.run.relative_to(REPO) if args.run.is_relative_to(REPO) else args.run,
+        "run": in_repo(args.run),
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         with atomic_path(PRETRAINED_DIR / name) as temporary:
             shutil.copyfile(args.run / "tokenizer" / name, temporary)
-    summary = {"training": {**training, "run": str(training["run"])}, "results": results}
+    summary = {"training": training, "results": results}
     write_text(PRETRAINED_DIR / METRICS, json.dumps(summary, indent=2) + "\n")
     write_text(PRETRAINED_DIR / CARD, model_card(candidate, results, training))
     print(f"released {candidate.identity} into {PRETRAINED_DIR}")
