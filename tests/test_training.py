@@ -273,7 +273,8 @@ def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
 
     cpu = printed_config(capsys, "--config", "configs/cpu.yaml")
     own = OWN_AUGMENTATION
-    assert own.keys() <= MODELS.keys() and own["parttok_tilt"] == {"tilt": 0.2}
+    assert own.keys() <= MODELS.keys() and cpu["data"]["augment"]["tilt"] == 0.2
+    assert own["parttok_no_crouch_jump_tilt"] == {"crouch": 0.0, "jump": 0.0, "tilt": 0.0}
     classes = {"t2mgpt": "ConvVQ", "rvq": "ResidualConvVQ"}
     for augment in (True, False):
         for name in MODELS:
@@ -314,23 +315,22 @@ def test_compare_measures_only_runs_on_the_current_splits_and_the_same_windows(
     with pytest.raises(SystemExit, match="no run .* can be measured"):
         evaluate_runs(["parttok"], tmp_path, {}, tmp_path)
 
-    augmented = {"mirror": True, "augment": {"probability": 0.5}}
-    tilted = {"mirror": True, "augment": {"probability": 0.5, "tilt": 0.2}}
+    augmented = {"mirror": True, "augment": {"probability": 0.5, "crouch": 0.3, "tilt": 0.2}}
+    less = {"mirror": True, "augment": {"probability": 0.5, "crouch": 0.0, "tilt": 0.0}}
+    variant = "parttok_no_crouch_jump_tilt"
     assert runs_on_other_windows({"parttok": augmented, "rvq": augmented}) is None
-    assert runs_on_other_windows({"parttok": augmented, "parttok_tilt": tilted}) is None
-    assert runs_on_other_windows({"parttok": augmented, "parttok_tilt": augmented}) == (
-        "parttok_tilt"
-    )
-    assert runs_on_other_windows({"parttok": augmented, "rvq": tilted}) == "rvq"
+    assert runs_on_other_windows({"parttok": augmented, variant: less}) is None
+    assert runs_on_other_windows({"parttok": augmented, variant: augmented}) == variant
+    assert runs_on_other_windows({"parttok": augmented, "rvq": less}) == "rvq"
     plain = {"mirror": False, "augment": None}
     assert runs_on_other_windows({"parttok": augmented, "continuous": plain}) == "continuous"
     with pytest.raises(SystemExit, match="beside parttok"):
-        runs_on_other_windows({"parttok_tilt": tilted})
+        runs_on_other_windows({variant: less})
 
 
 def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monkeypatch):
     """tools/compare.py's summary: parttok against the better plain run of each baseline, and a
-    parttok variant against the baseline trained with the same added augmentation."""
+    parttok variant against the baseline trained with the same change of augmentation."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     from compare import summary
 
@@ -345,8 +345,8 @@ def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monk
             "parttok": run(15.0, 90.0, 70.0),
             "rvq": run(30.0, 120.0, 100.0),
             "rvq_lr2e-4": run(25.0, 100.0, 100.0),
-            "parttok_crouch_jump_tilt": run(16.0, 70.0, 60.0),
-            "rvq_lr2e-4_crouch_jump_tilt": run(20.0, 100.0, 80.0),
+            "parttok_no_crouch_jump_tilt": run(16.0, 70.0, 60.0),
+            "rvq_lr2e-4_no_crouch_jump_tilt": run(20.0, 100.0, 80.0),
         }
     )
     assert lines[1] == (
@@ -354,8 +354,8 @@ def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monk
         "lower MPJPE in-distribution, 10% lower on unseen clips (30% lower in the facing frame)."
     )
     assert lines[-1].startswith(
-        "parttok, 6 parts x 512, squats, jumps and tilts added against MoMask residual VQ, "
-        "6 x 512, lr 2e-4, squats, jumps and tilts added: 20% lower MPJPE in-distribution, "
+        "parttok, 6 parts x 512, without squats, jumps and tilts against MoMask residual VQ, "
+        "6 x 512, lr 2e-4, without squats, jumps and tilts: 20% lower MPJPE in-distribution, "
         "30% lower on unseen clips (25% lower"
     )
     assert len(lines) == 4  # the variant against parttok too
@@ -593,6 +593,30 @@ def test_release_compares_with_the_shipped_model_only_on_the_same_clips(monkeypa
     assert not same_sets(recorded, moved)
     assert not same_sets({name: {} for name in sets}, sets)  # measured before digests
     assert not same_sets({"humanml3d": recorded["humanml3d"]}, sets)
+
+
+def test_release_card_says_what_it_replaced_and_why_a_release_was_forced(monkeypatch):
+    """tools/release.py: the card gives the replaced model's validation score beside the new
+    one's, and a forced release must say why."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from release import choice_text
+
+    results = {"bandai_val": {"mpjpe_mm": 14.0}, "cmu_val": {"mpjpe_mm": 40.0}}
+    assert choice_text(results, {"replaced": None, "reason": ""}) == ""
+    text = choice_text(
+        results,
+        {"replaced": {"identity": "54ce7159c213004a", "score": 26.36}, "reason": "held out."},
+    )
+    assert text.startswith("\nIt replaced `54ce7159c213004a`")
+    assert "27.00 mm against 26.36" in text.replace("\n", " ")
+    assert text.endswith("(`--force`) because held out.")
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "release.py"), "--run", "nowhere", "--force"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert "--force needs --reason" in refused.stderr
 
 
 def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
