@@ -268,10 +268,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None, dro
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     else:
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (N, h, L, M)
+        # masked in place: a second tensor of the scores' size costs as much as the product
         if mask is not None and mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores.masked_fill_(~mask, float("-inf"))
         elif mask is not None:
-            scores = scores + mask
+            scores += mask
         weights = F.dropout(scores.softmax(-1), dropout, training=dropout > 0)
         out = weights @ v  # (N, h, L, d)
     return rearrange(out, "n h l d -> n l (h d)")

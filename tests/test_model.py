@@ -332,7 +332,8 @@ def test_overfits_one_real_clip(make, factor, clips):
 
 def test_attention_on_the_cpu_is_the_fused_kernels():
     """``attend``'s CPU path (two matrix products) gives what torch's fused attention gives:
-    unmasked, with the part queries' bool mask, and with a padded window's additive bias."""
+    unmasked, with the part queries' bool mask, and with a padded window's additive bias;
+    and the same gradients (the CPU path masks in place)."""
     torch.manual_seed(0)
 
     def split_heads(t: torch.Tensor) -> torch.Tensor:  # (N, L, 32) -> (N, 4, L, 8)
@@ -342,11 +343,19 @@ def test_attention_on_the_cpu_is_the_fused_kernels():
     part_mask = torch.rand(5, 7) > 0.5
     part_mask[:, 0] = True  # every query reads some token
     steps = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 7])
-    bias = torch.where(temporal_mask(steps, 2)[:, None], torch.randn(4, 7, 7), float("-inf"))
+    relative = torch.randn(4, 7, 7, requires_grad=True)  # learnt, as the relative bias is
+    bias = torch.where(temporal_mask(steps, 2)[:, None], relative, float("-inf"))
     for mask, queries in ((None, 5), (part_mask, 5), (bias, 7)):
-        q = torch.randn(3, queries, 32)
+        q = torch.randn(3, queries, 32, requires_grad=True)
         fused = torch.nn.functional.scaled_dot_product_attention(
             split_heads(q), split_heads(k), split_heads(v), attn_mask=mask
         )  # (N, 4, L, 8)
         expected = fused.transpose(1, 2).reshape(3, queries, 32)
-        assert torch.allclose(attend(q, k, v, 4, mask, 0.0), expected, atol=1e-5)
+        out = attend(q, k, v, 4, mask, 0.0)
+        assert torch.allclose(out, expected, atol=1e-5)
+        weights = torch.randn_like(out)
+        inputs = (q, relative) if mask is bias else (q,)
+        gradients = torch.autograd.grad((out * weights).sum(), inputs, retain_graph=True)
+        expected_gradients = torch.autograd.grad((expected * weights).sum(), inputs)
+        for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+            assert torch.allclose(gradient, expected_gradient, atol=1e-5)
