@@ -52,7 +52,8 @@ from release import (  # noqa: E402 (tools/ is not a package)
 REPO = Path(__file__).resolve().parents[1]
 # Every variant's measurement, by run folder: the table keeps a row when its run is gone.
 RECORD = Path(__file__).with_name("recipe_measured.json")
-# The recipe of model 63edf37f, whatever configs/cpu.yaml now sets: every variant starts here.
+# The data recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts), whatever
+# configs/cpu.yaml now sets there; every variant starts here.
 BASE = (
     "--data.data_dirs",
     "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",

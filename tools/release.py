@@ -262,15 +262,16 @@ same recipe trained with another seed can differ by several millimetres there (B
 
 def choice_text(results: dict, training: dict) -> str:
     """The card's account of the choice: the model it replaced, and why when forced."""
-    replaced = training.get("replaced")
-    text = (
-        f" It replaced `{replaced['identity']}`: validation score (mean MPJPE of the two sets) "
-        f"{score(results):.2f} mm against {replaced['score']:.2f}."
-        if replaced
-        else ""
-    )
-    if training.get("reason"):
-        text += f" Released by hand (`--force`) because {training['reason']}"
+    replaced, text = training.get("replaced"), ""
+    if replaced and replaced["score"] is None:
+        text = f"It replaced `{replaced['identity']}`, not compared: measured on other clips."
+    elif replaced:
+        text = (
+            f"It replaced `{replaced['identity']}`: validation score (mean MPJPE of the two "
+            f"sets) {score(results):.2f} mm against {replaced['score']:.2f}."
+        )
+    if reason := training.get("reason", "").strip():
+        text += f" Released by hand (`--force`) because {reason.rstrip('.')}."
     return "".join("\n" + line for line in textwrap.wrap(text.strip(), width=95))
 
 
@@ -283,20 +284,23 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument(
-        "--force", action="store_true", help="release even if not better, or splits unrecorded"
+        "--force",
+        action="store_true",
+        help="release even if not better, or not comparable (splits unrecorded or changed); "
+        "needs --reason",
     )
     parser.add_argument("--reason", default="", help="why --force: said in the card")
     parser.add_argument("--note", default="", help="how the run was trained, for the card")
     args = parser.parse_args()
-    if args.force and not args.reason.strip():
-        parser.error("--force needs --reason: the model card says why the rule was overruled")
+    if args.force != bool(args.reason.strip()):
+        parser.error("--force and --reason go together: the card says why the rule was overruled")
     seconds = None
     if args.train:
         args.run.parent.mkdir(parents=True, exist_ok=True)
         seconds = train(args.run, args.minutes, args.steps)
     data = saved_data(args.run)  # before the measurements: a run without its config fails fast
-    unfit = None if args.force else splits_changed(args.run, training_splits(args.data))
-    if unfit:
+    unfit = splits_changed(args.run, training_splits(args.data))
+    if unfit and not args.force:
         print(f"not released: {unfit}; its held-out figures would count clips it trained on")
         return 1
     torch.set_num_threads(os.cpu_count() or 1)
@@ -305,13 +309,15 @@ def main() -> int:
     results = measure(candidate, sets)
     print(json.dumps({name: round(r["mpjpe_mm"], 1) for name, r in results.items()}))
     shipped_metrics = PRETRAINED_DIR / METRICS
-    replaced = None  # the shipped model's identity and score, when measured on the same clips
+    replaced = None  # the shipped model's identity, and its score when the two compare
     if shipped_metrics.is_file():
         recorded = json.loads(shipped_metrics.read_text())["results"]
-        if same_sets(recorded, sets):
-            shipped = Tokenizer.from_pretrained(PRETRAINED_DIR)
-            replaced = {"identity": shipped.identity, "score": score(measure(shipped, sets))}
-        elif not args.force:
+        comparable = same_sets(recorded, sets) and not unfit
+        shipped = Tokenizer.from_pretrained(PRETRAINED_DIR)
+        if shipped.identity != candidate.identity:  # not a card redone for the same weights
+            measured = score(measure(shipped, sets)) if comparable else None
+            replaced = {"identity": shipped.identity, "score": measured}
+        if not comparable and not args.force:
             unrecorded = any("clip_digest" not in r for r in recorded.values())
             print(
                 "not released: "
@@ -323,10 +329,11 @@ def main() -> int:
                     "on (the splits changed), so it may have trained on some of them"
                 )
                 + "; compare both recipes trained on the current splits (tools/recipe.py), "
-                "then release with --force"
+                "then release with --force --reason '...'"
             )
             return 1
-    if replaced and replaced["score"] <= score(results) and not args.force:
+    beaten = not replaced or replaced["score"] is None or score(results) < replaced["score"]
+    if not beaten and not args.force:
         print(f"not released: {score(results):.2f} mm vs shipped {replaced['score']:.2f} mm")
         return 1
     config = json.loads((args.run / "tokenizer" / CONFIG_FILE).read_text())
