@@ -169,8 +169,8 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
 
 
 def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
-    """tools/recipe.py: a recipe trained with seeds 0 and 1 gets a line with both scores and
-    their gap; a variant without its seed-0 run gets none."""
+    """tools/recipe.py: a recipe trained with several seeds gets a line with their scores and
+    the largest gap; a variant measured with one seed gets none."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     from recipe import chance
 
@@ -194,6 +194,14 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
     assert chance({"fsq": measured["fsq"]}) == []
     lines = chance({**measured, "base": sets(13.4, 56.0, 53.3)})
     assert len(lines) == 3 and "score 34.70 and 35.60" in lines[2]
+    more = {f"oversample_6_crouch_jump_tilt_seed_{n}": sets(14.0, 38.0 + n, 50.0) for n in (1, 3)}
+    lines = chance({**more, "oversample_6_crouch_jump_tilt": sets(14.5, 39.5, 48.7)})
+    assert lines[1].startswith("Chance: CMU oversampled 6x, and augmentation adds squats, jumps ")
+    assert (
+        "seeds 0, 1 and 3: score 27.00, 26.50 and 27.50, HumanML3D 48.7, 50.0 and 50.0"
+        in (lines[1])
+    )
+    assert "closer than 1.00" in lines[1]
 
 
 def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypatch, tmp_path):

@@ -106,10 +106,14 @@ VARIANTS = {
         "CMU oversampled 6x, and augmentation adds squats, jumps and whole-body tilts (20%)",
         OVERSAMPLE_6 + CROUCH_JUMP_TILT,
     ),
-    "oversample_6_crouch_jump_tilt_seed_1": (
-        "CMU oversampled 6x, squats, jumps and tilts added, seed 1: how far chance moves that run",
-        OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--seed_everything", "1"),
-    ),
+    **{
+        f"oversample_6_crouch_jump_tilt_seed_{seed}": (
+            f"CMU oversampled 6x, squats, jumps and tilts added, seed {seed}: how far chance "
+            "moves that run",
+            OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--seed_everything", str(seed)),
+        )
+        for seed in (1, 2, 3)
+    },
     "oversample_6_dropout": (
         "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
         OVERSAMPLE_6 + ("--model.model.init_args.dropout", "0.1"),
@@ -137,22 +141,38 @@ VARIANTS = {
 }
 
 
+def seeds_of(measured: dict[str, dict]) -> dict[str, dict[int, dict]]:
+    """Measured runs by recipe and seed: variant "X_seed_N" is seed N of recipe X ("seed_N"
+    of the base recipe), any other variant seed 0 of itself."""
+    recipes: dict[str, dict[int, dict]] = {}
+    for name, results in measured.items():
+        first, separator, seed = name.rpartition("seed_")
+        if separator and seed.isdigit() and first in ("", *(f"{v}_" for v in VARIANTS)):
+            recipes.setdefault(first.removesuffix("_") or "base", {})[int(seed)] = results
+        else:
+            recipes.setdefault(name, {})[0] = results
+    return recipes
+
+
 def chance(measured: dict[str, dict]) -> list[str]:
-    """How far the seed alone moved each recipe trained with two seeds: a difference between
-    single runs smaller than that is not a finding."""
+    """How far the seed alone moved each recipe trained with several seeds: a difference
+    between single runs smaller than that is not a finding."""
+
+    def listed(items: list) -> str:
+        return " and ".join([", ".join(map(str, items[:-1])), str(items[-1])])
+
     lines = []
-    for name in measured:
-        if name != "seed_1" and not name.endswith("_seed_1"):
+    for recipe, runs in seeds_of(measured).items():
+        if len(runs) < 2:
             continue
-        first = name.removesuffix("_seed_1") if name != "seed_1" else "base"
-        if first not in measured:
-            continue
-        one, other = measured[first], measured[name]
+        seeds = sorted(runs)
+        scores = [score(runs[seed]) for seed in seeds]
+        tests = [f"{runs[seed]['humanml3d']['mpjpe_mm']:.1f}" for seed in seeds]
         lines.append(
-            f"Chance: {VARIANTS[first][0]}, seeds 0 and 1: score {score(one):.2f} and "
-            f"{score(other):.2f}, HumanML3D {one['humanml3d']['mpjpe_mm']:.1f} and "
-            f"{other['humanml3d']['mpjpe_mm']:.1f} mm; single runs closer than "
-            f"{abs(score(one) - score(other)):.2f} in score do not tell recipes apart."
+            f"Chance: {VARIANTS[recipe][0]}, seeds {listed(seeds)}: score "
+            f"{listed([f'{value:.2f}' for value in scores])}, HumanML3D {listed(tests)} mm; "
+            f"single runs closer than {max(scores) - min(scores):.2f} in score do not tell "
+            "recipes apart."
         )
     return [""] + lines if lines else []
 
