@@ -640,7 +640,10 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
     monkeypatch.setattr(release, "PRETRAINED_DIR", pretrained)
     monkeypatch.setattr(release, "evaluation_sets", lambda data, shared: sets)
     monkeypatch.setattr(release, "measure", measure)
-    monkeypatch.setattr(release, "saved_data", lambda run: {"data_dirs": [], "augment": None})
+    cpu = {"seed_everything": 0, "data": {"data_dirs": [], "augment": None}, "model": {"lr": 1}}
+    trained_with = {"seed_everything": 0}
+    monkeypatch.setattr(release, "cpu_config", lambda: cpu)
+    monkeypatch.setattr(release, "saved_config", lambda run: {**cpu, **trained_with})
     monkeypatch.setattr(release, "training_splits", lambda data: {})
     monkeypatch.setattr(release, "splits_changed", lambda run, current: unfit["why"])
     monkeypatch.setattr(release, "model_card", lambda *args: "card")
@@ -685,6 +688,15 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
     unfit["why"] = None
     assert release_run("shipped", "--force", "--reason", "the card is redone") == 0
     assert recorded()["replaced"] is None  # the same weights replace nothing
+    trained_with["seed_everything"] = 1
+    assert release_run("better", "--steps", "3000") == 0
+    assert recorded()["command"].endswith("--steps 3000 --minutes 40 --seed 1")
+    trained_with["model"] = {"lr": 2}  # not what the card's command would train
+    assert release_run("better") == 1
+    assert "other settings than configs/cpu.yaml (model.lr)" in capsys.readouterr().out
+    assert release_run("better", "--force", "--reason", "a model option was tried") == 0
+    assert recorded()["differs"] == ["model.lr"]
+    assert release.differed(recorded()).endswith("differed from configs/cpu.yaml in model.lr)")
     for options in (["--force"], ["--reason", "why"]):  # one without the other
         with pytest.raises(SystemExit) as refused:
             release_run("better", *options)

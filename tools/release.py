@@ -101,12 +101,45 @@ def splits_changed(run: Path, current: dict[str, str]) -> str | None:
     return None
 
 
-def saved_data(run: Path) -> dict:
-    """The ``data`` settings a run trained with, from the configuration LightningCLI saved."""
+def saved_config(run: Path) -> dict:
+    """The configuration a run trained with, as LightningCLI saved it."""
     saved = run / "logs" / "config.yaml"
     if not saved.is_file():
         raise SystemExit(f"{saved} is missing: use a run trained by parttok train")
-    return yaml.safe_load(saved.read_text())["data"]
+    return yaml.safe_load(saved.read_text())
+
+
+def saved_data(run: Path) -> dict:
+    """The ``data`` settings a run trained with."""
+    return saved_config(run)["data"]
+
+
+def cpu_config() -> dict:
+    """configs/cpu.yaml as LightningCLI resolves it, every default filled in."""
+    command = [sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml"]
+    printed = subprocess.run(
+        [*command, "--print_config"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return yaml.safe_load(printed.stdout)
+
+
+def reproduction(saved: dict, cpu: dict) -> tuple[str, list[str]]:
+    """How ``release.py --train`` reproduces a run trained with ``saved`` settings: the
+    option for its seed when not cpu.yaml's, and the data and model settings (dotted keys) in
+    which the run differs from ``cpu`` (``cpu_config``), which no option reproduces."""
+
+    def flat(settings: object, prefix: str) -> dict[str, object]:
+        if not isinstance(settings, dict):
+            return {prefix: settings}
+        nested = (flat(value, f"{prefix}.{key}") for key, value in settings.items())
+        return {key: value for pairs in nested for key, value in pairs.items()}
+
+    ours, theirs = (flat({key: c[key] for key in ("data", "model")}, "") for c in (saved, cpu))
+    differs = sorted(
+        key[1:] for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
+    )
+    seed = saved["seed_everything"]
+    return (f" --seed {seed}" if seed != cpu["seed_everything"] else ""), differs
 
 
 def windows_text(data: dict) -> str:
@@ -221,7 +254,7 @@ unpickled.
   (`parttok.skeleton.conform_rigid_groups`); features converted by parttok before that
   change differ from what this model saw: convert BVH again.
 - Reproduce (runs `parttok train --config configs/cpu.yaml`):
-  `python tools/prepare_data.py && {training["command"]}`.
+  `python tools/prepare_data.py && {training["command"]}`{differed(training)}.
 - Compute: {training["seconds"] / 60:.0f} minutes on {training["machine"]}, {training["steps"]}
   optimiser steps; trained {training["date"]}{f" ({training['note']})" if training["note"] else ""}.
 
@@ -260,6 +293,13 @@ same recipe trained with another seed can differ by several millimetres there (B
 """
 
 
+def differed(training: dict) -> str:
+    """What the Reproduce line adds when the run was not trained as the command trains."""
+    if not training.get("differs"):
+        return ""
+    return f" (this model's run differed from configs/cpu.yaml in {', '.join(training['differs'])})"
+
+
 def choice_text(results: dict, training: dict) -> str:
     """The card's account of the choice: the model it replaced, and why when forced."""
     replaced, text = training.get("replaced"), ""
@@ -281,6 +321,7 @@ def main() -> int:
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--minutes", type=float, default=40)
     parser.add_argument("--steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--seed", type=int, help="with --train: not configs/cpu.yaml's seed")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument(
@@ -297,8 +338,17 @@ def main() -> int:
     seconds = None
     if args.train:
         args.run.parent.mkdir(parents=True, exist_ok=True)
-        seconds = train(args.run, args.minutes, args.steps)
-    data = saved_data(args.run)  # before the measurements: a run without its config fails fast
+        seed = () if args.seed is None else ("--seed_everything", str(args.seed))
+        seconds = train(args.run, args.minutes, args.steps, seed)
+    saved = saved_config(args.run)  # before the measurements: a run without one fails fast
+    data = saved["data"]
+    seed_option, differs = reproduction(saved, cpu_config())
+    if differs and not args.force:
+        print(
+            f"not released: {args.run} trained with other settings than configs/cpu.yaml "
+            f"({', '.join(differs)}), so the card could not say how to reproduce it"
+        )
+        return 1
     unfit = splits_changed(args.run, training_splits(args.data))
     if unfit and not args.force:
         print(f"not released: {unfit}; its held-out figures would count clips it trained on")
@@ -340,7 +390,8 @@ def main() -> int:
     training = {
         "command": "python tools/release.py --train"
         + (f" --steps {args.steps}" if args.steps else "")
-        + f" --minutes {args.minutes:g}",
+        + f" --minutes {args.minutes:g}{seed_option}",
+        "differs": differs,
         "minutes": args.minutes,
         "seconds": config["training"].get("seconds", seconds or args.minutes * 60),
         "steps": config["training"].get("global_step"),
