@@ -640,7 +640,12 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
     monkeypatch.setattr(release, "PRETRAINED_DIR", pretrained)
     monkeypatch.setattr(release, "evaluation_sets", lambda data, shared: sets)
     monkeypatch.setattr(release, "measure", measure)
-    cpu = {"seed_everything": 0, "data": {"data_dirs": [], "augment": None}, "model": {"lr": 1}}
+    cpu = {
+        "seed_everything": 0,
+        "trainer": {"max_time": "00:00:55:00", "max_steps": 3000},
+        "data": {"data_dirs": [], "augment": None},
+        "model": {"lr": 1},
+    }
     trained_with = {"seed_everything": 0}
     monkeypatch.setattr(release, "cpu_config", lambda: cpu)
     monkeypatch.setattr(release, "saved_config", lambda run: {**cpu, **trained_with})
@@ -683,25 +688,58 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
     unfit["why"] = "it trained on other splits"
     assert release_run("better") == 1  # not comparable: refused unless forced
     assert release_run("better", "--force", "--reason", "the splits changed") == 0
-    assert recorded()["replaced"] == {"identity": "shipped", "score": None}
-    assert "not compared" in release.choice_text(shipped_results, recorded())
+    assert recorded()["replaced"] == {
+        "identity": "shipped",
+        "score": None,
+        "why": "it trained on other splits",
+    }
+    assert "not compared: it trained on other splits." in release.choice_text(
+        shipped_results, recorded()
+    )
     unfit["why"] = None
     assert release_run("shipped", "--force", "--reason", "the card is redone") == 0
-    assert recorded()["replaced"] is None  # the same weights replace nothing
+    assert recorded()["replaced"] is None  # the same weights replace nothing new
     trained_with["seed_everything"] = 1
-    assert release_run("better", "--steps", "3000") == 0
-    assert recorded()["command"].endswith("--steps 3000 --minutes 40 --seed 1")
+    assert release_run("better", "--minutes", "20") == 0  # the run's budget, not this one
+    assert recorded()["command"].endswith("--train --steps 3000 --minutes 55 --seed 1")
     trained_with["model"] = {"lr": 2}  # not what the card's command would train
     assert release_run("better") == 1
     assert "other settings than configs/cpu.yaml (model.lr)" in capsys.readouterr().out
     assert release_run("better", "--force", "--reason", "a model option was tried") == 0
-    assert recorded()["differs"] == ["model.lr"]
+    assert recorded()["differs"] == {"model.lr": [2, 1]}
     assert release.differed(recorded()).endswith("differed from configs/cpu.yaml in model.lr)")
     for options in (["--force"], ["--reason", "why"]):  # one without the other
         with pytest.raises(SystemExit) as refused:
             release_run("better", *options)
         assert refused.value.code == 2
     assert "--force and --reason go together" in capsys.readouterr().err
+
+
+def test_release_says_how_to_reproduce_a_run_from_what_lightning_saved(capsys, monkeypatch):
+    """tools/release.py: a run trained as configs/cpu.yaml trains differs from it in nothing
+    but its budget and seed, which the card's command gives; another model class is one
+    difference, not one per argument."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    monkeypatch.chdir(REPO)
+    from release import reproduction
+
+    cpu = printed_config(capsys, "--config", "configs/cpu.yaml")
+    budget = ["--trainer.max_time", "00:01:50:00", "--trainer.default_root_dir", "runs/x"]
+    seeded = printed_config(
+        capsys, "--config", "configs/cpu.yaml", *budget, "--seed_everything", "1"
+    )
+    assert reproduction(seeded, cpu) == (" --steps 3000 --minutes 110 --seed 1", {})
+    other = printed_config(
+        capsys, "--config", "configs/cpu.yaml", "--config", "configs/rvq.yaml",
+        "--data.mirror", "false", "--trainer.gradient_clip_val", "0.5",
+    )  # fmt: skip
+    options, differs = reproduction(other, cpu)
+    assert options == " --steps 3000 --minutes 55"
+    assert differs.keys() == {"data.mirror", "model.model", "trainer.gradient_clip_val"}
+    assert differs["model.model"] == [
+        "parttok.baselines.ResidualConvVQ",
+        cpu["model"]["model"]["class_path"],
+    ]
 
 
 def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):

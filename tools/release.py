@@ -3,8 +3,13 @@ model card, only when it beats the model shipped now.
 
     python tools/prepare_data.py                       # once
     python tools/release.py --train --minutes 55       # configs/cpu.yaml (3000 steps), then release
-    python tools/release.py --train --steps 3000 --minutes 55   # the step count made explicit
+    python tools/release.py --train --steps 3000 --minutes 55 --seed 1   # explicit, another seed
     python tools/release.py --run runs/release         # release an already trained run
+    python tools/release.py --run runs/release --force --reason "..."    # overrule the rule
+
+The card's command reproduces the run: its step cap, wall-clock budget and seed; a run trained
+with other settings than configs/cpu.yaml is released only with --force, the card saying where
+it differed.
 
 Measured on clips the model never trained on: the Bandai Namco 2 validation split
 (in-distribution), the validation splits of the CMU clips, and the HumanML3D reference clips
@@ -16,6 +21,7 @@ on, so that their figure is not flattered by the choice.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import hashlib
 import json
@@ -117,29 +123,54 @@ def saved_data(run: Path) -> dict:
 def cpu_config() -> dict:
     """configs/cpu.yaml as LightningCLI resolves it, every default filled in."""
     command = [sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml"]
-    printed = subprocess.run(
-        [*command, "--print_config"], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    printed = subprocess.run([*command, "--print_config"], cwd=REPO, capture_output=True, text=True)
+    if printed.returncode != 0:
+        raise SystemExit(f"configs/cpu.yaml does not resolve: {printed.stderr.strip()}")
     return yaml.safe_load(printed.stdout)
 
 
-def reproduction(saved: dict, cpu: dict) -> tuple[str, list[str]]:
-    """How ``release.py --train`` reproduces a run trained with ``saved`` settings: the
-    option for its seed when not cpu.yaml's, and the data and model settings (dotted keys) in
-    which the run differs from ``cpu`` (``cpu_config``), which no option reproduces."""
+# Trainer settings a run may change without changing what it learns (the budget is in the
+# command: --steps, --minutes).
+BUDGET_AND_OUTPUT = {"default_root_dir", "max_time", "max_steps", "enable_progress_bar", "logger"}
 
-    def flat(settings: object, prefix: str) -> dict[str, object]:
-        if not isinstance(settings, dict):
-            return {prefix: settings}
-        nested = (flat(value, f"{prefix}.{key}") for key, value in settings.items())
-        return {key: value for pairs in nested for key, value in pairs.items()}
 
-    ours, theirs = (flat({key: c[key] for key in ("data", "model")}, "") for c in (saved, cpu))
-    differs = sorted(
-        key[1:] for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)
+def settings_differences(ours: object, theirs: object, key: str = "") -> dict[str, list]:
+    """Where settings ``ours`` differ from ``theirs``: {dotted key: [ours, theirs]}; another
+    class (``class_path``) or a section set against one unset is one difference, not one per
+    argument, and a key one side lacks differs."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        if ours.get("class_path") == theirs.get("class_path"):
+            nested = (
+                settings_differences(ours.get(name, "(unset)"), theirs.get(name, "(unset)"),
+                                     f"{key}.{name}" if key else str(name))
+                for name in sorted(ours.keys() | theirs.keys(), key=str)
+            )  # fmt: skip
+            return {name: pair for found in nested for name, pair in found.items()}
+        ours, theirs = ours.get("class_path"), theirs.get("class_path")
+    return {} if ours == theirs else {key: [ours, theirs]}
+
+
+def reproduction(saved: dict, cpu: dict) -> tuple[str, dict[str, list]]:
+    """How ``release.py --train`` reproduces a run trained with ``saved`` settings: its
+    options (the run's step cap, wall-clock budget and seed) and the settings in which the run
+    differs from ``cpu`` (``cpu_config``), which no option reproduces: {key: [run, cpu.yaml]}."""
+    sections = ("data", "model", "trainer", "optimizer", "lr_scheduler")
+    ours, theirs = (
+        copy.deepcopy({name: config.get(name) for name in sections}) for config in (saved, cpu)
     )
+    for trainer in (ours["trainer"], theirs["trainer"]):
+        for name in BUDGET_AND_OUTPUT:
+            trainer.pop(name, None)
+    days, hours, minutes, seconds = map(int, saved["trainer"]["max_time"].split(":"))
+    budget = days * 1440 + hours * 60 + minutes + seconds / 60
+    steps = saved["trainer"]["max_steps"]
     seed = saved["seed_everything"]
-    return (f" --seed {seed}" if seed != cpu["seed_everything"] else ""), differs
+    options = (
+        (f" --steps {steps}" if steps and steps > 0 else "")
+        + f" --minutes {budget:g}"
+        + (f" --seed {seed}" if seed != cpu["seed_everything"] else "")
+    )
+    return options, settings_differences(ours, theirs)
 
 
 def windows_text(data: dict) -> str:
@@ -304,7 +335,7 @@ def choice_text(results: dict, training: dict) -> str:
     """The card's account of the choice: the model it replaced, and why when forced."""
     replaced, text = training.get("replaced"), ""
     if replaced and replaced["score"] is None:
-        text = f"It replaced `{replaced['identity']}`, not compared: measured on other clips."
+        text = f"It replaced `{replaced['identity']}`, not compared: {replaced['why']}."
     elif replaced:
         text = (
             f"It replaced `{replaced['identity']}`: validation score (mean MPJPE of the two "
@@ -327,12 +358,14 @@ def main() -> int:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="release even if not better, or not comparable (splits unrecorded or changed); "
-        "needs --reason",
+        help="release even if not better, not comparable (splits unrecorded or changed) or "
+        "trained otherwise than configs/cpu.yaml; needs --reason",
     )
     parser.add_argument("--reason", default="", help="why --force: said in the card")
     parser.add_argument("--note", default="", help="how the run was trained, for the card")
     args = parser.parse_args()
+    if args.seed is not None and not args.train:
+        parser.error("--seed is the seed to train with: it needs --train")
     if args.force != bool(args.reason.strip()):
         parser.error("--force and --reason go together: the card says why the rule was overruled")
     seconds = None
@@ -342,16 +375,20 @@ def main() -> int:
         seconds = train(args.run, args.minutes, args.steps, seed)
     saved = saved_config(args.run)  # before the measurements: a run without one fails fast
     data = saved["data"]
-    seed_option, differs = reproduction(saved, cpu_config())
+    options, differs = reproduction(saved, cpu_config())
     if differs and not args.force:
         print(
             f"not released: {args.run} trained with other settings than configs/cpu.yaml "
-            f"({', '.join(differs)}), so the card could not say how to reproduce it"
+            f"({', '.join(differs)}), so the card cannot say how to reproduce it; release "
+            "with --force --reason '...' to ship it anyway"
         )
         return 1
     unfit = splits_changed(args.run, training_splits(args.data))
     if unfit and not args.force:
-        print(f"not released: {unfit}; its held-out figures would count clips it trained on")
+        print(
+            f"not released: {unfit}; its held-out figures would count clips it trained on "
+            "(release with --force --reason '...' to ship it anyway)"
+        )
         return 1
     torch.set_num_threads(os.cpu_count() or 1)
     candidate = Tokenizer.from_pretrained(args.run / "tokenizer")
@@ -361,12 +398,17 @@ def main() -> int:
     shipped_metrics = PRETRAINED_DIR / METRICS
     replaced = None  # the shipped model's identity, and its score when the two compare
     if shipped_metrics.is_file():
-        recorded = json.loads(shipped_metrics.read_text())["results"]
+        shipped_record = json.loads(shipped_metrics.read_text())
+        recorded = shipped_record["results"]
         comparable = same_sets(recorded, sets) and not unfit
         shipped = Tokenizer.from_pretrained(PRETRAINED_DIR)
-        if shipped.identity != candidate.identity:  # not a card redone for the same weights
-            measured = score(measure(shipped, sets)) if comparable else None
-            replaced = {"identity": shipped.identity, "score": measured}
+        if shipped.identity == candidate.identity:  # the card redone: what it replaced stays
+            replaced = shipped_record.get("training", {}).get("replaced")
+        elif comparable:
+            replaced = {"identity": shipped.identity, "score": score(measure(shipped, sets))}
+        else:
+            why = unfit or "the shipped model was measured on other clips"
+            replaced = {"identity": shipped.identity, "score": None, "why": why}
         if not comparable and not args.force:
             unrecorded = any("clip_digest" not in r for r in recorded.values())
             print(
@@ -388,11 +430,8 @@ def main() -> int:
         return 1
     config = json.loads((args.run / "tokenizer" / CONFIG_FILE).read_text())
     training = {
-        "command": "python tools/release.py --train"
-        + (f" --steps {args.steps}" if args.steps else "")
-        + f" --minutes {args.minutes:g}{seed_option}",
+        "command": f"python tools/release.py --train{options}",
         "differs": differs,
-        "minutes": args.minutes,
         "seconds": config["training"].get("seconds", seconds or args.minutes * 60),
         "steps": config["training"].get("global_step"),
         "machine": f"{machine_description()}, no GPU",
