@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=32, help="clips per batch-1 run")
     parser.add_argument("--max-sources", type=int, default=400, help="source clips to read")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--label", help="name of the tokenizer in the table")
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
