@@ -721,7 +721,10 @@ def test_release_says_how_to_reproduce_a_run_from_what_lightning_saved(capsys, m
     difference, not one per argument."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     monkeypatch.chdir(REPO)
-    from release import reproduction
+    from release import budget_minutes, max_time, reproduction
+
+    for minutes in (20, 55, 110, 1500.5):  # a day and more too
+        assert budget_minutes(max_time(minutes)) == minutes
 
     cpu = printed_config(capsys, "--config", "configs/cpu.yaml")
     budget = ["--trainer.max_time", "00:01:50:00", "--trainer.default_root_dir", "runs/x"]

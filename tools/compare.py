@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release import (  # noqa: E402 (tools/ is not a package)
     SPLITS,
     in_repo,
+    max_time,
     record_splits,
     saved_data,
     splits_changed,
@@ -99,11 +100,10 @@ def train_arguments(name: str, run: Path, minutes: float, augment: bool) -> list
     a variant's own: ``main`` trains those with ``augment`` only)."""
     own = json.dumps(OWN_AUGMENTATION.get(name, {}))
     mirror, augmentation = ("true", own) if augment else ("false", "null")
-    budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     return [
         "--config", "configs/cpu.yaml", *MODELS[name],
         "--data.mirror", mirror, "--data.augment", augmentation,
-        "--trainer.max_time", f"00:{budget}",
+        "--trainer.max_time", max_time(minutes),
         "--trainer.default_root_dir", str(run),
         "--trainer.enable_progress_bar", "false",
         "--data.data_dirs", "[data/bandai, data/cmu]",

@@ -54,10 +54,9 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
     """Train with configs/cpu.yaml (plus ``extra`` arguments) for ``minutes`` of wall clock
     (or ``steps`` optimiser steps, whichever ends first; the learning rate then follows the
     steps); return the seconds taken."""
-    budget = str(datetime.timedelta(minutes=minutes)).rjust(8, "0")
     command = [
         sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml",
-        "--trainer.max_time", f"00:{budget}", "--trainer.default_root_dir", str(run),
+        "--trainer.max_time", max_time(minutes), "--trainer.default_root_dir", str(run),
         "--trainer.enable_progress_bar", "false",
         *(["--trainer.max_steps", str(steps)] if steps else []), *extra,
     ]  # fmt: skip
@@ -67,6 +66,19 @@ def train(run: Path, minutes: float, steps: int | None = None, extra: tuple = ()
     with open(run.parent / f"{run.name}.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=log, check=True)
     return time.monotonic() - start
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``max_time`` ("DD:HH:MM:SS") for a budget of ``minutes``."""
+    seconds = round(minutes * 60)
+    days, hours, rest = seconds // 86400, seconds // 3600 % 24, seconds % 3600
+    return f"{days:02d}:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def budget_minutes(max_time: str) -> float:
+    """The minutes of a Lightning ``max_time`` ("DD:HH:MM:SS")."""
+    days, hours, minutes, seconds = map(int, max_time.split(":"))
+    return days * 1440 + hours * 60 + minutes + seconds / 60
 
 
 def in_repo(path: Path) -> str:
@@ -161,8 +173,7 @@ def reproduction(saved: dict, cpu: dict) -> tuple[str, dict[str, list]]:
     for trainer in (ours["trainer"], theirs["trainer"]):
         for name in BUDGET_AND_OUTPUT:
             trainer.pop(name, None)
-    days, hours, minutes, seconds = map(int, saved["trainer"]["max_time"].split(":"))
-    budget = days * 1440 + hours * 60 + minutes + seconds / 60
+    budget = budget_minutes(saved["trainer"]["max_time"])
     steps = saved["trainer"]["max_steps"]
     seed = saved["seed_everything"]
     options = (
