@@ -206,11 +206,14 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
 
 def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypatch, tmp_path):
     """tools/recipe.py: measurements are kept (runs/ is not), by run folder; a row whose held-out
-    clips, splits, arguments or step count are not those of now is dropped; a new measurement
-    replaces an old one; the shipped model's row is marked by its checkpoint and measured from
-    parttok/pretrained only when its variant has no row and its held-out clips are the same."""
+    clips, splits, resolved settings, seed or step count are not those of now is dropped (a
+    change to configs/cpu.yaml that a variant's own arguments override keeps it); a new
+    measurement replaces an old one; the shipped model's row is marked by its checkpoint and
+    measured from parttok/pretrained only when its variant has no row and its held-out clips
+    are the same."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     import recipe
+    import release
     from release import clip_digest
 
     monkeypatch.setattr(recipe, "RECORD", tmp_path / "recipe_measured.json")
@@ -238,14 +241,42 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
         "fsq": entry("fsq", 16.0, "cc"),
         "seed_1": entry("seed_1", 1.0, "dd", held_out={**sets, "cmu_val": {"b": 0, "d": 0}}),
         "no_mirroring": entry("no_mirroring", 1.0, "ee", splits={"bandai": "other"}),
-        "oversample_6": entry("oversample_6", 1.0, "ff", arguments=["--data.mirror", "false"]),
+        "oversample_6": entry(
+            "oversample_6", 1.0, "ff", settings=recipe.recipe_of("no_mirroring", splits)["settings"]
+        ),
         "oversample_10": entry("oversample_10", 1.0, "gg", steps=2000),
+        "no_augmentation": entry("no_augmentation", 1.0, "hh", seed_everything=1),
+        "no_limb_swing": {  # recorded before the record held settings
+            key: value
+            for key, value in entry("no_limb_swing", 1.0, "ii").items()
+            if key not in ("settings", "seed_everything")
+        },  # fmt: skip
     }
     shown = recipe.update_record(out, 3000, sets, splits, newer)
     assert shown["fsq"]["checkpoint"] == "cc" and len(shown) == len(newer) + 1  # as measured
     kept = recipe.recorded(out, 3000, sets, splits)
     assert kept.keys() == {"base", "fsq"} and kept["fsq"]["checkpoint"] == "cc"
     assert recipe.recorded(tmp_path / "elsewhere", 3000, sets, splits) == {}
+
+    def cpu_yaml_sets(*change: str) -> None:  # as if configs/cpu.yaml set ``change``
+        monkeypatch.setattr(
+            recipe, "resolved_config", lambda extra: release.resolved_config((*change, *extra))
+        )
+
+    cpu_yaml_sets("--data.augment", "{crouch: 0.5}")  # the base recipe sets crouch itself
+    assert recipe.recorded(out, 3000, sets, splits).keys() == {"base", "fsq"}
+    cpu_yaml_sets("--data.window", "32")
+    assert recipe.recorded(out, 3000, sets, splits) == {}
+    monkeypatch.setattr(recipe, "resolved_config", release.resolved_config)
+
+    run = tmp_path / "runs" / "no_mirroring"  # a run is measured only if trained as its variant
+    (run / "logs").mkdir(parents=True)
+    budget = ("--trainer.max_time", "00:01:30:00", "--trainer.max_steps", "100")
+    saved = release.resolved_config((*recipe.BASE, "--data.mirror", "false", *budget))
+    (run / "logs" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert recipe.changed("no_mirroring", recipe.trained_as(run, splits), splits) == {}
+    differs = recipe.changed("base", recipe.trained_as(run, splits), splits)
+    assert differs == {"settings.data.mirror": [False, True]}
 
     shipped = json.loads((recipe.PRETRAINED_DIR / recipe.METRICS).read_text())
     kept["fsq"]["checkpoint"] = shipped["results"]["humanml3d"]["checkpoint"]
@@ -647,7 +678,7 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
         "model": {"lr": 1},
     }
     trained_with = {"seed_everything": 0}
-    monkeypatch.setattr(release, "cpu_config", lambda: cpu)
+    monkeypatch.setattr(release, "resolved_config", lambda: cpu)
     monkeypatch.setattr(release, "saved_config", lambda run: {**cpu, **trained_with})
     monkeypatch.setattr(release, "training_splits", lambda data: {})
     monkeypatch.setattr(release, "splits_changed", lambda run, current: unfit["why"])

@@ -14,10 +14,13 @@ without twists, squats, jumps or tilts), changed as the variant's name says ("ba
 nothing). The run the shipped model came from is marked. Runs go to
 runs/recipe<steps>/<variant>, one folder per step count. Measured as tools/release.py
 measures the shipped model. Each measurement is kept in tools/recipe_measured.json, so a row
-stays when its run is gone (runs/ is not committed) while the variant's arguments,
-configs/cpu.yaml, the train splits and the held-out clips are unchanged; the shipped model is
-measured from parttok/pretrained when its run's row is missing. Writes the "## Training
-recipe, N steps" section of BENCHMARKS.md.
+stays when its run is gone (runs/ is not committed) while the settings the variant resolves
+to (configs/cpu.yaml with its arguments, as LightningCLI fills them in, the budget apart),
+its seed, the train splits and the held-out clips are unchanged: a change to cpu.yaml that
+the variant's own arguments override keeps its row. A run in the folder is measured only if
+it trained as its variant does now. The shipped model is measured from parttok/pretrained
+when its run's row is missing. Writes the "## Training recipe, N steps" section of
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import yaml
 
 from parttok.io import machine_description, replace_markdown_section, write_text
 from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, Tokenizer
@@ -41,9 +43,13 @@ from release import (  # noqa: E402 (tools/ is not a package)
     METRICS,
     evaluation_sets,
     in_repo,
+    learning_settings,
     measure,
+    resolved_config,
     same_sets,
+    saved_config,
     score,
+    settings_differences,
     splits_changed,
     train,
     training_splits,
@@ -114,6 +120,15 @@ VARIANTS = {
         )
         for seed in (1, 2, 3)
     },
+    "oversample_6_crouch_jump_tilt_width_192": (
+        "CMU oversampled 6x, squats, jumps and tilts added, and the model 192 wide (not 128)",
+        OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--model.model.init_args.dim", "192"),
+    ),
+    "oversample_6_crouch_jump_tilt_lean_80": (
+        "CMU oversampled 6x, squats, jumps and tilts added, and the spine leaned up to 80 "
+        "degrees forward (not 30)",
+        OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--data.augment", "{lean_degrees: [-10.0, 80.0]}"),
+    ),
     "oversample_6_dropout": (
         "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
         OVERSAMPLE_6 + ("--model.model.init_args.dropout", "0.1"),
@@ -178,11 +193,33 @@ def chance(measured: dict[str, dict]) -> list[str]:
 
 
 def recipe_of(name: str, splits: dict[str, str]) -> dict:
-    """What variant ``name`` trains with now: its arguments, configs/cpu.yaml (parsed) and the
-    train ``splits`` (``training_splits``). A measurement counts while all three are unchanged."""
+    """What variant ``name`` trains with now: the settings configs/cpu.yaml with the base's and
+    the variant's arguments resolves to (``learning_settings``: what LightningCLI fills in,
+    without the budget), its seed, and the train ``splits`` (``training_splits``). A
+    measurement counts while all three are unchanged."""
+    config = resolved_config(BASE + VARIANTS[name][1])
     return {
-        "arguments": list(BASE + VARIANTS[name][1]),
-        "cpu_yaml": yaml.safe_load((REPO / "configs" / "cpu.yaml").read_text()),
+        "seed_everything": config["seed_everything"],
+        "settings": learning_settings(config),
+        "splits": splits,
+    }
+
+
+def changed(name: str, trained: dict, splits: dict[str, str]) -> dict[str, list]:
+    """Where ``trained`` (a ``RECORD`` entry, or ``trained_as`` a run) differs from what
+    variant ``name`` trains with now on ``splits``: {key: [trained, now]}; a key it lacks
+    differs (it was measured before the record held it)."""
+    now = recipe_of(name, splits)
+    return settings_differences({key: trained.get(key, "(unset)") for key in now}, now)
+
+
+def trained_as(run: Path, splits: dict[str, str]) -> dict:
+    """What ``run`` trained with, as LightningCLI saved it, in ``recipe_of``'s terms (its
+    splits checked apart, by ``splits_changed``)."""
+    saved = saved_config(run)
+    return {
+        "seed_everything": saved["seed_everything"],
+        "settings": learning_settings(saved),
         "splits": splits,
     }
 
@@ -244,7 +281,7 @@ def recorded(out: Path, steps: int, sets: dict, splits: dict[str, str]) -> dict[
         for name, entry in read_record().get(in_repo(out), {}).items()
         if name in VARIANTS
         and entry["steps"] == steps
-        and all(entry[key] == value for key, value in recipe_of(name, splits).items())
+        and not changed(name, entry, splits)
         and same_sets(entry["results"], sets)
     }
 
@@ -282,6 +319,9 @@ def main() -> int:
     current = training_splits(args.data)  # on other splits, held-out figures count training clips
     for name in list(trained):
         unfit = splits_changed(args.out / name, current)
+        differs = changed(name, trained_as(args.out / name, current), current)
+        if differs and not unfit:
+            unfit = f"it trained otherwise than the variant now ({', '.join(differs)})"
         if unfit:
             print(f"{name} not measured: {unfit}", flush=True)
             trained.remove(name)
@@ -316,8 +356,9 @@ def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str
         f"{', '.join(sets['cmu_val'])}; the {len(sets['humanml3d'])} HumanML3D clips. Score: "
         "the mean of the two validation sets, what tools/release.py chooses a release on; the "
         "HumanML3D clips are the test, never chosen on. A run measured earlier keeps its row "
-        f"(tools/{RECORD.name}; runs/ is not kept) while its recipe, configs/cpu.yaml, the "
-        "splits and the held-out clips are unchanged; the measured column gives its date.",
+        f"(tools/{RECORD.name}; runs/ is not kept) while the settings its variant resolves to "
+        "(configs/cpu.yaml with the variant's arguments), its seed, the splits and the "
+        "held-out clips are unchanged; the measured column gives its date.",
         "",
         "| variant | Bandai val | CMU val | score | HumanML3D | HumanML3D, facing frame "
         "| measured | HumanML3D per clip |",

@@ -21,9 +21,12 @@ on, so that their figure is not flattered by the choice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
+import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -39,6 +42,7 @@ import torch
 import yaml
 
 from parttok.augment import Augmentation
+from parttok.cli.train import run_lightning_cli
 from parttok.data import HumanML3DFolder
 from parttok.evaluation import evaluate_clips
 from parttok.io import atomic_path, machine_description, write_text
@@ -132,13 +136,27 @@ def saved_data(run: Path) -> dict:
     return saved_config(run)["data"]
 
 
-def cpu_config() -> dict:
-    """configs/cpu.yaml as LightningCLI resolves it, every default filled in."""
-    command = [sys.executable, "-m", "parttok", "train", "--config", "configs/cpu.yaml"]
-    printed = subprocess.run([*command, "--print_config"], cwd=REPO, capture_output=True, text=True)
-    if printed.returncode != 0:
-        raise SystemExit(f"configs/cpu.yaml does not resolve: {printed.stderr.strip()}")
-    return yaml.safe_load(printed.stdout)
+def resolved_config(extra: tuple[str, ...] = ()) -> dict:
+    """configs/cpu.yaml with the ``extra`` arguments as LightningCLI resolves them, every
+    default filled in (``parttok train ... --print_config``, once per distinct ``extra``;
+    nothing trains)."""
+    return copy.deepcopy(_printed_config(tuple(extra)))
+
+
+@functools.cache
+def _printed_config(extra: tuple[str, ...]) -> dict:
+    printed, errors = io.StringIO(), io.StringIO()
+    arguments = ["--config", str(REPO / "configs" / "cpu.yaml"), *extra, "--print_config"]
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        try:
+            run_lightning_cli(arguments)
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise SystemExit(
+                    f"configs/cpu.yaml {' '.join(extra)} does not resolve: "
+                    f"{errors.getvalue().strip().splitlines()[-1]}"
+                ) from None
+    return yaml.safe_load(printed.getvalue())
 
 
 # Trainer settings a run may change without changing what it learns (the budget is in the
@@ -162,17 +180,24 @@ def settings_differences(ours: object, theirs: object, key: str = "") -> dict[st
     return {} if ours == theirs else {key: [ours, theirs]}
 
 
+LEARNING_SECTIONS = ("data", "model", "trainer", "optimizer", "lr_scheduler")
+
+
+def learning_settings(config: dict) -> dict:
+    """What a run learns with under resolved settings ``config`` (a saved or printed
+    LightningCLI configuration): its data, model, trainer and optimiser sections without the
+    budget and output (``BUDGET_AND_OUTPUT``) and without the seed."""
+    settings = copy.deepcopy({name: config.get(name) for name in LEARNING_SECTIONS})
+    for name in BUDGET_AND_OUTPUT:
+        settings["trainer"].pop(name, None)
+    return settings
+
+
 def reproduction(saved: dict, cpu: dict) -> tuple[str, dict[str, list]]:
     """How ``release.py --train`` reproduces a run trained with ``saved`` settings: its
     options (the run's step cap, wall-clock budget and seed) and the settings in which the run
-    differs from ``cpu`` (``cpu_config``), which no option reproduces: {key: [run, cpu.yaml]}."""
-    sections = ("data", "model", "trainer", "optimizer", "lr_scheduler")
-    ours, theirs = (
-        copy.deepcopy({name: config.get(name) for name in sections}) for config in (saved, cpu)
-    )
-    for trainer in (ours["trainer"], theirs["trainer"]):
-        for name in BUDGET_AND_OUTPUT:
-            trainer.pop(name, None)
+    differs from ``cpu`` (``resolved_config()``), which no option reproduces: {key: [run,
+    cpu.yaml]}."""
     budget = budget_minutes(saved["trainer"]["max_time"])
     steps = saved["trainer"]["max_steps"]
     seed = saved["seed_everything"]
@@ -181,7 +206,7 @@ def reproduction(saved: dict, cpu: dict) -> tuple[str, dict[str, list]]:
         + f" --minutes {budget:g}"
         + (f" --seed {seed}" if seed != cpu["seed_everything"] else "")
     )
-    return options, settings_differences(ours, theirs)
+    return options, settings_differences(learning_settings(saved), learning_settings(cpu))
 
 
 def windows_text(data: dict) -> str:
@@ -386,7 +411,7 @@ def main() -> int:
         seconds = train(args.run, args.minutes, args.steps, seed)
     saved = saved_config(args.run)  # before the measurements: a run without one fails fast
     data = saved["data"]
-    options, differs = reproduction(saved, cpu_config())
+    options, differs = reproduction(saved, resolved_config())
     if differs and not args.force:
         print(
             f"not released: {args.run} trained with other settings than configs/cpu.yaml "
