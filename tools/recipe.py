@@ -127,7 +127,8 @@ VARIANTS = {
     "oversample_6_crouch_jump_tilt_lean_80": (
         "CMU oversampled 6x, squats, jumps and tilts added, and the spine leaned up to 80 "
         "degrees forward (not 30)",
-        OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--data.augment", "{lean_degrees: [-10.0, 80.0]}"),
+        OVERSAMPLE_6
+        + ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2, lean_degrees: [-10.0, 80.0]}"),
     ),
     "oversample_6_dropout": (
         "CMU oversampled 6x, and dropout 0.1 in every Transformer layer",
