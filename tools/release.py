@@ -152,9 +152,9 @@ def _printed_config(extra: tuple[str, ...]) -> dict:
             run_lightning_cli(arguments)
         except SystemExit as exit_:
             if exit_.code not in (0, None):
+                said = errors.getvalue().strip().splitlines() or [f"exit code {exit_.code}"]
                 raise SystemExit(
-                    f"configs/cpu.yaml {' '.join(extra)} does not resolve: "
-                    f"{errors.getvalue().strip().splitlines()[-1]}"
+                    f"configs/cpu.yaml {' '.join(extra)} does not resolve: {said[-1]}"
                 ) from None
     return yaml.safe_load(printed.getvalue())
 
