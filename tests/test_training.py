@@ -752,7 +752,7 @@ def test_release_says_how_to_reproduce_a_run_from_what_lightning_saved(capsys, m
     difference, not one per argument."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     monkeypatch.chdir(REPO)
-    from release import budget_minutes, max_time, reproduction
+    from release import budget_minutes, max_time, reproduction, resolved_config
 
     for minutes in (20, 55, 110, 1500.5):  # a day and more too
         assert budget_minutes(max_time(minutes)) == minutes
@@ -774,6 +774,9 @@ def test_release_says_how_to_reproduce_a_run_from_what_lightning_saved(capsys, m
         "parttok.baselines.ResidualConvVQ",
         cpu["model"]["model"]["class_path"],
     ]
+    assert resolved_config() == cpu  # in-process, as the command line prints it
+    with pytest.raises(SystemExit, match="mirrr x does not resolve: .*unrecognized arguments"):
+        resolved_config(("--data.mirrr", "x"))
 
 
 def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
