@@ -235,12 +235,18 @@ class _ConvTokenizer(nn.Module):
         """(P, K, code_dim): the codebook (ConvVQ) or one per residual layer."""
         return self.quantizer.codebook_vectors()
 
-    def forward(self, features: Tensor, mask: Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, features: Tensor, mask: Tensor | None = None, quantize: bool = True
+    ) -> ModelOutput:
+        """As ``PartTokenizer.forward``: ``quantize`` False bypasses the codebooks."""
         mask = check_batch(features, mask, self.frames_per_step)
         step_mask = step_mask_from(mask, self.frames_per_step)
         latents = self._encode_latents(features, mask, step_mask)
-        quantized, codes, aux_loss = self.quantizer(latents, step_mask)
-        return ModelOutput(self._decode_vectors(quantized, step_mask), codes, aux_loss, latents)
+        if quantize:
+            vectors, codes, aux_loss = self.quantizer(latents, step_mask)
+        else:
+            vectors, codes, aux_loss = latents, None, latents.new_zeros(())
+        return ModelOutput(self._decode_vectors(vectors, step_mask), codes, aux_loss, latents)
 
     @torch.no_grad()
     def encode(self, features: Tensor, mask: Tensor | None = None) -> Tensor:

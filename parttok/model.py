@@ -600,12 +600,16 @@ class PartTokenizer(nn.Module):
         return self.quantizer.codebook_vectors()
 
     # --- the model ------------------------------------------------------------------------
-    def forward(self, features: Tensor, mask: Tensor | None = None) -> ModelOutput:
-        """Normalised features (B, T, 263) and mask (B, T) (True = real frame)."""
+    def forward(
+        self, features: Tensor, mask: Tensor | None = None, quantize: bool = True
+    ) -> ModelOutput:
+        """Normalised features (B, T, 263) and mask (B, T) (True = real frame). ``quantize``
+        False passes the continuous latents straight to the decoder (codes None): what the
+        encoder and decoder reach without the codebooks."""
         mask = check_batch(features, mask, self.frames_per_step)
         step_mask = step_mask_from(mask, self.frames_per_step)  # (B, S)
         latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)
-        if self.quantizer is None:
+        if self.quantizer is None or not quantize:
             vectors, codes, aux_loss = latents, None, latents.new_zeros(())
         else:
             vectors, codes, aux_loss = self.quantizer(latents, step_mask)

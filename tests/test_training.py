@@ -801,3 +801,39 @@ def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
     assert splits_changed(run, training_splits(data)) is None
     (data / "cmu" / "train.txt").write_text("01_01\n")  # 02_01 moved out of training
     assert "other splits of cmu" in splits_changed(run, training_splits(data))
+
+
+def test_diagnose_bypasses_the_codebooks_and_nothing_else(monkeypatch, humanml3d_dir):
+    """tools/diagnose.py: through the codes it is the tokenizer's own round trip; with the
+    codebooks bypassed the reconstruction does not depend on them (codebooks swapped between
+    parts change the first, not the second) and differs from the first; its table gives each
+    set's cost of the codebooks."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import diagnose
+
+    tokenizer = Tokenizer.from_pretrained()
+    paths = sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))[:2]
+    clips = {path.stem: np.load(path).astype(np.float32) for path in paths}
+    clip = next(iter(clips.values()))
+    through_codes = diagnose.reconstruct(tokenizer, clip, quantize=True)
+    np.testing.assert_allclose(through_codes, tokenizer.reconstruct(clip), atol=1e-5)
+    bypassed = diagnose.reconstruct(tokenizer, clip, quantize=False)
+    assert bypassed.shape == through_codes.shape
+    assert np.abs(bypassed - through_codes).max() > 1e-3
+
+    vectors = tokenizer.model.quantizer.codebook_vectors()
+    scrambled = vectors.roll(1, dims=0)  # each part given another part's codebook
+    monkeypatch.setattr(tokenizer.model.quantizer, "codebook_vectors", lambda: scrambled)
+    np.testing.assert_allclose(diagnose.reconstruct(tokenizer, clip, False), bypassed, atol=1e-5)
+    assert np.abs(diagnose.reconstruct(tokenizer, clip, True) - through_codes).max() > 1e-3
+    monkeypatch.undo()
+
+    found = {
+        "cmu": {"trained": True, "codes": diagnose.errors(tokenizer, clips, True),
+                "bypassed": diagnose.errors(tokenizer, clips, False)},
+    }  # fmt: skip
+    assert found["cmu"]["codes"]["clips"] == 2
+    assert found["cmu"]["codes"]["frames"] == sum(len(c) // 4 * 4 for c in clips.values())
+    rows = diagnose.table(tokenizer, found, "python tools/diagnose.py").splitlines()
+    cost = found["cmu"]["codes"]["mpjpe_mm"] - found["cmu"]["bypassed"]["mpjpe_mm"]
+    assert rows[-1].startswith("| CMU | yes | 2 |") and rows[-1].endswith(f"| {cost:+.1f} |")
