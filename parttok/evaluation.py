@@ -11,18 +11,25 @@ from parttok.tokenizer import Tokenizer
 
 
 def evaluate_clips(
-    tokenizer: Tokenizer, clips: dict[str, np.ndarray], batch_size: int = 32
+    tokenizer: Tokenizer, clips: dict[str, np.ndarray], batch_size: int = 32, quantize: bool = True
 ) -> dict:
     """Metrics of ``tokenizer`` on named raw feature clips (T, 263).
 
     Every frame of every clip counts once in the means (frame-weighted); joints are compared
     pelvis-aligned in millimetres. ``facing_mpjpe_mm`` compares each frame in its own facing
     frame: MPJPE without the drift of the facing the root's turning speed integrates to.
+    ``quantize`` False measures the model with its codebooks bypassed
+    (``Tokenizer.reconstruct_batch``): no codes, so no codebook statistics.
     """
     names = list(clips)
     start = time.perf_counter()
-    codes = tokenizer.encode_batch([clips[n] for n in names], batch_size=batch_size)
-    reconstructions = tokenizer.decode_batch(codes, batch_size=batch_size)
+    if quantize:
+        codes = tokenizer.encode_batch([clips[n] for n in names], batch_size=batch_size)
+        reconstructions = tokenizer.decode_batch(codes, batch_size=batch_size)
+    else:
+        reconstructions = tokenizer.reconstruct_batch(
+            [clips[n] for n in names], batch_size=batch_size, quantize=False
+        )
     seconds = time.perf_counter() - start
     rows = []
     for name, reconstruction in zip(names, reconstructions, strict=True):
@@ -44,7 +51,7 @@ def evaluate_clips(
     report["parts"] = list(tokenizer.parts)
     report["checkpoint"] = tokenizer.identity
     report["round_trip_frames_per_second"] = report["frames"] / max(seconds, 1e-9)
-    if tokenizer.is_quantized:
+    if tokenizer.is_quantized and quantize:
         report.update(codebook_statistics(codes, tokenizer.codebook_size, list(tokenizer.parts)))
     return report
 

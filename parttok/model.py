@@ -605,7 +605,10 @@ class PartTokenizer(nn.Module):
     ) -> ModelOutput:
         """Normalised features (B, T, 263) and mask (B, T) (True = real frame). ``quantize``
         False passes the continuous latents straight to the decoder (codes None): what the
-        encoder and decoder reach without the codebooks."""
+        encoder and decoder reach without the codebooks (an FSQ model has none: its codes are
+        its latents bounded and rounded)."""
+        if not quantize and self.quantizer is not None and self.quantizer.kind == "fsq":
+            raise ValueError("an FSQ model has no codebooks to bypass")
         mask = check_batch(features, mask, self.frames_per_step)
         step_mask = step_mask_from(mask, self.frames_per_step)  # (B, S)
         latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)

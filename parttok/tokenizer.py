@@ -16,6 +16,7 @@ from torch import nn
 from parttok.errors import CheckpointError, InputError
 from parttok.features import FEATURE_DIM, FPS, check_features
 from parttok.io import atomic_path, write_text
+from parttok.model import evaluating
 
 FORMAT_NAME = "parttok-tokenizer"
 FORMAT_VERSION = 1
@@ -120,6 +121,34 @@ class Tokenizer:
     @torch.inference_mode()
     def encode_batch(self, clips: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
         """Encode clips of different lengths; padding and masks are handled inside."""
+        prepared = self._normalised(clips)
+        results: list[np.ndarray] = [np.empty(0)] * len(prepared)
+        for batch in _length_batches([len(c) for c in prepared], batch_size):
+            codes = self.model.encode(*self._padded(prepared, batch))  # (B, S, P) or (B, S, P, D)
+            codes = codes.cpu().numpy()
+            for row, i in enumerate(batch):
+                results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]
+        return results
+
+    @torch.inference_mode()
+    def reconstruct_batch(
+        self, clips: list[np.ndarray], batch_size: int = 32, quantize: bool = True
+    ) -> list[np.ndarray]:
+        """Clips of different lengths through the model in one pass, each cut to whole steps:
+        as ``decode_batch(encode_batch(clips))``, or (``quantize`` False) with the codebooks
+        bypassed, the continuous latents straight to the decoder: what the encoder and decoder
+        reach without them."""
+        prepared = self._normalised(clips)
+        lengths = [len(clip) for clip in prepared]
+        results: list[np.ndarray] = [np.empty(0)] * len(prepared)
+        for batch in _length_batches(lengths, batch_size):
+            with evaluating(self.model):
+                output = self.model(*self._padded(prepared, batch), quantize=quantize)
+            self._store_raw(output.reconstruction, batch, lengths, results)
+        return results
+
+    def _normalised(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Raw clips (T, 263), checked, cut to whole steps and normalised."""
         step = self.frames_per_step
         prepared = []
         for index, clip in enumerate(clips):
@@ -128,29 +157,37 @@ class Tokenizer:
             if usable == 0:
                 raise InputError(f"clip {index}: {len(clip)} frames, fewer than one step ({step})")
             prepared.append((clip[:usable] - self.mean) / self.std)
-        results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        for batch in _length_batches([len(c) for c in prepared], batch_size):
-            frames = max(len(prepared[i]) for i in batch)
-            features = np.zeros((len(batch), frames, FEATURE_DIM), dtype=np.float32)
-            mask = np.zeros((len(batch), frames), dtype=bool)
-            for row, i in enumerate(batch):
-                features[row, : len(prepared[i])] = prepared[i]
-                mask[row, : len(prepared[i])] = True
-            codes = self.model.encode(
-                torch.from_numpy(features).to(self.device), torch.from_numpy(mask).to(self.device)
-            )  # (B, S, P) or (B, S, P, D)
-            codes = codes.cpu().numpy()
-            for row, i in enumerate(batch):
-                results[i] = codes[row, : len(prepared[i]) // step]
-        return results
+        return prepared
+
+    def _padded(self, prepared: list[np.ndarray], batch: list[int]) -> tuple[torch.Tensor, ...]:
+        """The clips ``batch`` of ``prepared`` padded: features (B, T, 263), mask (B, T)."""
+        frames = max(len(prepared[i]) for i in batch)
+        features = np.zeros((len(batch), frames, FEATURE_DIM), dtype=np.float32)
+        mask = np.zeros((len(batch), frames), dtype=bool)
+        for row, i in enumerate(batch):
+            features[row, : len(prepared[i])] = prepared[i]
+            mask[row, : len(prepared[i])] = True
+        return torch.from_numpy(features).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def _store_raw(
+        self, features: torch.Tensor, batch: list[int], lengths: list[int], results: list
+    ) -> None:
+        """Normalised features (B, T, 263) of clips ``batch`` back to raw, row b cut to clip
+        batch[b]'s length (``lengths`` by clip) and put into ``results`` at that clip."""
+        raw = features.cpu().numpy() * self.std + self.mean
+        if self.mode == "pose":
+            raw = self._fill_pose(raw)
+        for row, i in enumerate(batch):
+            results[i] = raw[row, : lengths[i]].astype(np.float32)
 
     @torch.inference_mode()
     def decode_batch(self, codes_list: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
         """Decode code arrays of different lengths to raw features."""
         prepared = [self._check_codes(np.asarray(codes), i) for i, codes in enumerate(codes_list)]
         step = self.frames_per_step
+        lengths = [len(codes) * step for codes in prepared]  # frames
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        for batch in _length_batches([len(c) for c in prepared], batch_size):
+        for batch in _length_batches(lengths, batch_size):
             steps = max(len(prepared[i]) for i in batch)
             padded = np.zeros((len(batch), steps) + prepared[batch[0]].shape[1:], prepared[0].dtype)
             mask = np.zeros((len(batch), steps * step), dtype=bool)
@@ -160,11 +197,7 @@ class Tokenizer:
             features = self.model.decode(
                 torch.from_numpy(padded).to(self.device), torch.from_numpy(mask).to(self.device)
             )  # (B, S * step, 263) normalised
-            features = features.cpu().numpy() * self.std + self.mean
-            if self.mode == "pose":
-                features = self._fill_pose(features)
-            for row, i in enumerate(batch):
-                results[i] = features[row, : len(prepared[i]) * step].astype(np.float32)
+            self._store_raw(features, batch, lengths, results)
         return results
 
     def _fill_pose(self, features: np.ndarray) -> np.ndarray:

@@ -228,6 +228,25 @@ def test_residual_quantize_dropout_drops_the_finer_layers(windows):
     assert torch.isfinite(always.decode(coarse)).all()
 
 
+@pytest.mark.parametrize("name", ["six_parts", "pose", "conv_vq", "residual_vq"])
+def test_bypassing_the_codebooks_never_touches_the_quantizer(name, windows, monkeypatch):
+    """forward(quantize=False) decodes the continuous latents: no codes, no loss, the quantizer
+    never called (that the reconstruction differs from the one through the codes is tested on
+    the shipped model: an untrained decoder starts blind to its input)."""
+    model = trained_once(MODELS[name](), windows).eval()
+    through_codes = model(windows).reconstruction
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the quantizer was called")
+
+    monkeypatch.setattr(model.quantizer, "forward", refuse)
+    bypassed = model(windows, quantize=False)
+    assert bypassed.codes is None and float(bypassed.aux_loss) == 0.0
+    assert bypassed.reconstruction.shape == through_codes.shape
+    with pytest.raises(ValueError, match="no codebooks to bypass"):
+        MODELS["fsq"]()(windows, quantize=False)
+
+
 def test_fsq_codes_cover_the_level_grid(windows):
     model = MODELS["fsq"]().train()
     codes = model(windows).codes

@@ -111,10 +111,23 @@ def test_the_shipped_config_resumes_from_its_checkpoint(converted, tmp_path, mon
     assert training["global_step"] == 3
     # the model card describes a run's data from the settings it saved (tools/release.py)
     monkeypatch.syspath_prepend(str(REPO / "tools"))
-    from release import folders_text, saved_data, windows_text
+    from release import (
+        folders_text,
+        learning_settings,
+        resolved_config,
+        saved_config,
+        saved_data,
+        windows_text,
+    )
 
     data = saved_data(tmp_path)
     assert folders_text(data) == converted.name
+    # what it saved is what configs/cpu.yaml resolves to with the same arguments
+    again = resolved_config(
+        ("--config", SMOKE, *cpu, *small, *more, "--data.data_dirs", f"[{converted}]",
+         "--trainer.default_root_dir", str(tmp_path))
+    )  # fmt: skip
+    assert learning_settings(saved_config(tmp_path)) == learning_settings(again)
     described = Augmentation(**shipped).describe()
     assert windows_text(data) == "windows are mirrored left/right; " + described
     older = {**data, "augment": {"probability": 0.5, "arm_swap": 0.3}}  # saved before turns
@@ -232,7 +245,7 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
             for set_name, clips in held_out.items()
         }
         return {"date": "2026-11-23", "steps": 3000, "global_step": 3000,
-                "checkpoint": checkpoint, **recipe.recipe_of(name, splits),
+                "checkpoint": checkpoint, **recipe.recipe_of(name), "splits": splits,
                 "results": results, **changes}  # fmt: skip
 
     first = {"base": entry("base", 14.0, "aa"), "fsq": entry("fsq", 15.0, "bb")}
@@ -242,7 +255,7 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
         "seed_1": entry("seed_1", 1.0, "dd", held_out={**sets, "cmu_val": {"b": 0, "d": 0}}),
         "no_mirroring": entry("no_mirroring", 1.0, "ee", splits={"bandai": "other"}),
         "oversample_6": entry(
-            "oversample_6", 1.0, "ff", settings=recipe.recipe_of("no_mirroring", splits)["settings"]
+            "oversample_6", 1.0, "ff", settings=recipe.recipe_of("no_mirroring")["settings"]
         ),
         "oversample_10": entry("oversample_10", 1.0, "gg", steps=2000),
         "no_augmentation": entry("no_augmentation", 1.0, "hh", seed_everything=1),
@@ -271,12 +284,16 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
 
     run = tmp_path / "runs" / "no_mirroring"  # a run is measured only if trained as its variant
     (run / "logs").mkdir(parents=True)
-    budget = ("--trainer.max_time", "00:01:30:00", "--trainer.max_steps", "100")
-    saved = release.resolved_config((*recipe.BASE, "--data.mirror", "false", *budget))
-    (run / "logs" / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert recipe.changed("no_mirroring", recipe.trained_as(run, splits), splits) == {}
-    differs = recipe.changed("base", recipe.trained_as(run, splits), splits)
-    assert differs == {"settings.data.mirror": [False, True]}
+    for steps in (3000, 100):
+        budget = ("--trainer.max_time", "00:01:30:00", "--trainer.max_steps", str(steps))
+        saved = release.resolved_config((*recipe.BASE, "--data.mirror", "false", *budget))
+        (run / "logs" / "config.yaml").write_text(yaml.safe_dump(saved))
+        assert recipe.trained_otherwise(run, "no_mirroring", 3000) == (
+            None if steps == 3000 else "it trained for 100 steps, not 3000"
+        )
+    assert recipe.trained_otherwise(run, "base", 100) == (
+        "it trained otherwise than the variant now (settings.data.mirror)"
+    )
 
     shipped = json.loads((recipe.PRETRAINED_DIR / recipe.METRICS).read_text())
     kept["fsq"]["checkpoint"] = shipped["results"]["humanml3d"]["checkpoint"]
@@ -297,6 +314,10 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
     assert measured.keys() == {run.name}
     assert measured[run.name]["checkpoint"] == shipped["results"]["humanml3d"]["checkpoint"]
     assert measured[run.name]["results"] == shipped["results"]
+    shipped["training"]["settings"]["data"]["mirror"] = False  # trained otherwise than its variant
+    (tmp_path / recipe.METRICS).write_text(json.dumps(shipped))
+    monkeypatch.setattr(recipe, "PRETRAINED_DIR", tmp_path)
+    assert recipe.shipped_entry(run.parent, 3000, sets, splits, known=set()) == {}
 
 
 def test_every_compare_model_trains_on_the_same_windows_but_its_own_change(
@@ -774,7 +795,9 @@ def test_release_says_how_to_reproduce_a_run_from_what_lightning_saved(capsys, m
         "parttok.baselines.ResidualConvVQ",
         cpu["model"]["model"]["class_path"],
     ]
-    assert resolved_config() == cpu  # in-process, as the command line prints it
+    assert resolved_config() == cpu  # in-process, as `parttok train --print_config` prints it
+    resolved_config()["data"]["mirror"] = "changed"  # each call gets its own copy
+    assert resolved_config()["data"]["mirror"] is True
     with pytest.raises(SystemExit, match="mirrr x does not resolve: .*unrecognized arguments"):
         resolved_config(("--data.mirrr", "x"))
 
@@ -803,37 +826,46 @@ def test_runs_trained_on_other_splits_are_not_measured(tmp_path, monkeypatch):
     assert "other splits of cmu" in splits_changed(run, training_splits(data))
 
 
-def test_diagnose_bypasses_the_codebooks_and_nothing_else(monkeypatch, humanml3d_dir):
+def test_diagnose_bypasses_the_codebooks_and_nothing_else(monkeypatch, humanml3d_dir, tmp_path):
     """tools/diagnose.py: through the codes it is the tokenizer's own round trip; with the
     codebooks bypassed the reconstruction does not depend on them (codebooks swapped between
     parts change the first, not the second) and differs from the first; its table gives each
-    set's cost of the codebooks."""
+    set's cost of the codebooks; it measures a model only on the splits it trained on."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     import diagnose
 
     tokenizer = Tokenizer.from_pretrained()
     paths = sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))[:2]
     clips = {path.stem: np.load(path).astype(np.float32) for path in paths}
-    clip = next(iter(clips.values()))
-    through_codes = diagnose.reconstruct(tokenizer, clip, quantize=True)
-    np.testing.assert_allclose(through_codes, tokenizer.reconstruct(clip), atol=1e-5)
-    bypassed = diagnose.reconstruct(tokenizer, clip, quantize=False)
-    assert bypassed.shape == through_codes.shape
-    assert np.abs(bypassed - through_codes).max() > 1e-3
+    through_codes = tokenizer.reconstruct_batch(list(clips.values()))
+    bypassed = tokenizer.reconstruct_batch(list(clips.values()), quantize=False)
+    for clip, coded, direct in zip(clips.values(), through_codes, bypassed, strict=True):
+        np.testing.assert_allclose(coded, tokenizer.reconstruct(clip), atol=1e-5)
+        assert direct.shape == coded.shape and np.abs(direct - coded).max() > 1e-3
 
     vectors = tokenizer.model.quantizer.codebook_vectors()
     scrambled = vectors.roll(1, dims=0)  # each part given another part's codebook
     monkeypatch.setattr(tokenizer.model.quantizer, "codebook_vectors", lambda: scrambled)
-    np.testing.assert_allclose(diagnose.reconstruct(tokenizer, clip, False), bypassed, atol=1e-5)
-    assert np.abs(diagnose.reconstruct(tokenizer, clip, True) - through_codes).max() > 1e-3
+    again = tokenizer.reconstruct_batch(list(clips.values()), quantize=False)
+    np.testing.assert_allclose(again[0], bypassed[0], atol=1e-5)
+    coded_again = tokenizer.reconstruct_batch(list(clips.values()))
+    assert np.abs(coded_again[0] - through_codes[0]).max() > 1e-3
     monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
 
-    found = {
-        "cmu": {"trained": True, "codes": diagnose.errors(tokenizer, clips, True),
-                "bypassed": diagnose.errors(tokenizer, clips, False)},
-    }  # fmt: skip
+    found = diagnose.diagnose(tokenizer, {"cmu": clips})
     assert found["cmu"]["codes"]["clips"] == 2
     assert found["cmu"]["codes"]["frames"] == sum(len(c) // 4 * 4 for c in clips.values())
-    rows = diagnose.table(tokenizer, found, "python tools/diagnose.py").splitlines()
+    rows = diagnose.table(tokenizer, found, "python tools/diagnose.py", 10).splitlines()
     cost = found["cmu"]["codes"]["mpjpe_mm"] - found["cmu"]["bypassed"]["mpjpe_mm"]
-    assert rows[-1].startswith("| CMU | yes | 2 |") and rows[-1].endswith(f"| {cost:+.1f} |")
+    assert rows[-1].startswith("| CMU (trained on) | 2 |") and rows[-1].endswith(f"| {cost:+.1f} |")
+
+    with pytest.raises(SystemExit, match="not those the shipped model was measured on"):
+        diagnose.trained_folders(None, tmp_path, {"bandai_val": {"x": 0}})
+    monkeypatch.setattr(diagnose, "same_sets", lambda recorded, held_out: True)
+    assert diagnose.trained_folders(None, tmp_path, {}) == ["bandai", "cmu", "cmu-iclone"]
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "config.yaml").write_text("data:\n  data_dirs: [data/cmu, data/cmu]\n")
+    with pytest.raises(SystemExit, match="splits.json is missing"):
+        diagnose.trained_folders(run / "tokenizer", tmp_path, {})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,13 +27,20 @@ import numpy as np
 import torch
 
 from parttok.data import HumanML3DFolder
+from parttok.evaluation import evaluate_clips
 from parttok.io import machine_description, replace_markdown_section
-from parttok.metrics import clip_metrics, summarize
-from parttok.model import evaluating
 from parttok.tokenizer import PRETRAINED_DIR, Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release import evaluation_sets, in_repo  # noqa: E402 (tools/ is not a package)
+from release import (  # noqa: E402 (tools/ is not a package)
+    METRICS,
+    evaluation_sets,
+    in_repo,
+    same_sets,
+    saved_data,
+    splits_changed,
+    training_splits,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = {"bandai": "Bandai Namco 2", "cmu": "CMU", "cmu-iclone": "CMU, Character Creator rig"}
@@ -43,54 +51,53 @@ HELD_OUT = {
 }
 
 
-@torch.inference_mode()
-def reconstruct(tokenizer: Tokenizer, clip: np.ndarray, quantize: bool) -> np.ndarray:
-    """Raw features (T, 263) -> their reconstruction (T', 263), T' the whole steps of T,
-    through the codes or (``quantize`` False) with the codebooks bypassed."""
-    usable = len(clip) // tokenizer.frames_per_step * tokenizer.frames_per_step
-    normalised = (clip[:usable] - tokenizer.mean) / tokenizer.std  # (T', 263)
-    features = torch.from_numpy(normalised.astype(np.float32))[None].to(tokenizer.device)
-    with evaluating(tokenizer.model):
-        output = tokenizer.model(features, quantize=quantize).reconstruction  # (1, T', 263)
-    return output[0].cpu().numpy() * tokenizer.std + tokenizer.mean
-
-
 def errors(tokenizer: Tokenizer, clips: dict[str, np.ndarray], quantize: bool) -> dict:
-    """Frame-weighted MPJPE and facing-frame MPJPE (mm) of ``clips`` reconstructed."""
-    rows = []
-    for clip in clips.values():
-        reconstruction = reconstruct(tokenizer, clip, quantize)
-        rows.append(clip_metrics(reconstruction, clip[: len(reconstruction)]))
-    report = summarize(rows)
+    """Frame-weighted MPJPE and facing-frame MPJPE (mm) of ``clips`` reconstructed through
+    the codes or (``quantize`` False) with the codebooks bypassed."""
+    report = evaluate_clips(tokenizer, clips, quantize=quantize)
     return {key: report[key] for key in ("clips", "frames", "mpjpe_mm", "facing_mpjpe_mm")}
 
 
-def training_sets(data: Path, bandai_every: int) -> dict[str, dict[str, np.ndarray]]:
-    """The train split of each converted folder (Bandai Namco's every ``bandai_every``-th
-    clip), by folder name."""
+def trained_folders(checkpoint: Path | None, data: Path, held_out: dict) -> list[str]:
+    """The converted folders (names) the model at ``checkpoint`` (None: the shipped one)
+    trained on. Refuses a model whose splits are not today's: it may have trained on clips
+    now held out."""
+    if checkpoint is None or checkpoint.resolve() == PRETRAINED_DIR.resolve():
+        record = json.loads((PRETRAINED_DIR / METRICS).read_text())
+        if not same_sets(record["results"], held_out):
+            raise SystemExit("the held-out sets are not those the shipped model was measured on")
+        if "settings" not in record["training"]:
+            raise SystemExit(f"{PRETRAINED_DIR / METRICS} does not say what it trained on")
+        folders = record["training"]["settings"]["data"]["data_dirs"]
+    else:
+        run = checkpoint.resolve().parent  # parttok train writes <run>/tokenizer
+        unfit = splits_changed(run, training_splits(data))
+        if unfit:
+            raise SystemExit(f"{checkpoint}: {unfit}")
+        folders = saved_data(run)["data_dirs"]
+    return list(dict.fromkeys(Path(folder).name for folder in folders))
+
+
+def training_sets(data: Path, folders: list[str], bandai_every: int) -> dict[str, dict]:
+    """The train split of each of ``folders`` under ``data`` (Bandai Namco's every
+    ``bandai_every``-th clip), by folder name."""
     sets = {}
-    for name in TRAINED:
+    for name in folders:
         folder = HumanML3DFolder(data / name)
         ids = folder.ids("train")[:: bandai_every if name == "bandai" else 1]
         sets[name] = {clip_id: folder.features(clip_id) for clip_id in ids}
     return sets
 
 
-def diagnose(tokenizer: Tokenizer, data: Path, shared: Path, bandai_every: int) -> dict:
-    """{set: {"trained": bool, "codes": errors, "bypassed": errors}} for the training and
-    held-out sets."""
-    sets = {**training_sets(data, bandai_every), **evaluation_sets(data, shared)}
+def diagnose(tokenizer: Tokenizer, sets: dict[str, dict]) -> dict:
+    """{set: {"codes": errors, "bypassed": errors}} for each named set of clips."""
     return {
-        name: {
-            "trained": name in TRAINED,
-            "codes": errors(tokenizer, clips, quantize=True),
-            "bypassed": errors(tokenizer, clips, quantize=False),
-        }
+        name: {"codes": errors(tokenizer, clips, True), "bypassed": errors(tokenizer, clips, False)}
         for name, clips in sets.items()
     }
 
 
-def table(tokenizer: Tokenizer, found: dict, command: str) -> str:
+def table(tokenizer: Tokenizer, found: dict, command: str, bandai_every: int) -> str:
     """The "Where the error comes from" section of BENCHMARKS.md."""
     lines = [
         "## Where the error comes from",
@@ -100,23 +107,27 @@ def table(tokenizer: Tokenizer, found: dict, command: str) -> str:
         f"{tokenizer.identity}. MPJPE (mm, pelvis-aligned; facing: each frame in its own facing "
         "frame) of the round trip through the codes, and of the same model with its codebooks "
         "bypassed: each part's continuous latent straight to the decoder. The gap is what the "
-        "codebooks cost; what is left without them is the encoder's and decoder's. A training "
-        "clip reconstructed about as badly as a held-out one is underfitted.",
+        "codebooks cost; what is left without them is the encoder's and decoder's. Clips it "
+        "trained on reconstructed about as badly as held-out ones are underfitted. Bandai "
+        f"Namco's train split is sampled: every {bandai_every}th clip.",
         "",
-        "| clips | trained on | clips | frames | through the codes | facing | codebooks "
-        "bypassed | facing | the codebooks' cost |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| set | clips | frames | through the codes | facing | codebooks bypassed | facing "
+        "| the codebooks' cost |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in found.items():
         codes, bypassed = row["codes"], row["bypassed"]
-        label = TRAINED.get(name, HELD_OUT.get(name, name))
-        if name == "bandai" and row["trained"]:
-            label += " (a sample)"
+        if name in HELD_OUT:
+            label = f"{HELD_OUT[name]} (held out)"
+        else:
+            sample = (
+                f", every {bandai_every}th clip" if name == "bandai" and bandai_every > 1 else ""
+            )
+            label = f"{TRAINED.get(name, name)} (trained on{sample})"
         lines.append(
-            f"| {label} | {'yes' if row['trained'] else 'no'} | {codes['clips']} | "
-            f"{codes['frames']} | {codes['mpjpe_mm']:.1f} | {codes['facing_mpjpe_mm']:.1f} | "
-            f"{bypassed['mpjpe_mm']:.1f} | {bypassed['facing_mpjpe_mm']:.1f} | "
-            f"{codes['mpjpe_mm'] - bypassed['mpjpe_mm']:+.1f} |"
+            f"| {label} | {codes['clips']} | {codes['frames']} | {codes['mpjpe_mm']:.1f} | "
+            f"{codes['facing_mpjpe_mm']:.1f} | {bypassed['mpjpe_mm']:.1f} | "
+            f"{bypassed['facing_mpjpe_mm']:.1f} | {codes['mpjpe_mm'] - bypassed['mpjpe_mm']:+.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -140,13 +151,19 @@ def main() -> int:
             f"{args.checkpoint}: diagnose takes a motion tokenizer with codebooks (not "
             f"{tokenizer.mode} mode)"
         )
-    found = diagnose(tokenizer, args.data, args.shared, args.bandai_every)
+    if tokenizer.model.config.get("quantizer") == "fsq":
+        raise SystemExit(f"{args.checkpoint}: an FSQ model has no codebooks to bypass")
+    held_out = evaluation_sets(args.data, args.shared)
+    folders = trained_folders(args.checkpoint, args.data, held_out)
+    found = diagnose(
+        tokenizer, {**training_sets(args.data, folders, args.bandai_every), **held_out}
+    )
     command = "python tools/diagnose.py"
     if args.checkpoint is not None and args.checkpoint.resolve() != PRETRAINED_DIR.resolve():
         command += f" --checkpoint {in_repo(args.checkpoint)}"
-    if args.bandai_every != 10:
+    if args.bandai_every != parser.get_default("bandai_every"):
         command += f" --bandai-every {args.bandai_every}"
-    section = table(tokenizer, found, command)
+    section = table(tokenizer, found, command, args.bandai_every)
     if not args.no_write:
         replace_markdown_section(REPO / "BENCHMARKS.md", section)
     print(section)

@@ -193,36 +193,24 @@ def chance(measured: dict[str, dict]) -> list[str]:
     return [""] + lines if lines else []
 
 
-def recipe_of(name: str, splits: dict[str, str]) -> dict:
-    """What variant ``name`` trains with now: the settings configs/cpu.yaml with the base's and
-    the variant's arguments resolves to (``learning_settings``: what LightningCLI fills in,
-    without the budget), its seed, and the train ``splits`` (``training_splits``). A
-    measurement counts while all three are unchanged."""
-    config = resolved_config(BASE + VARIANTS[name][1])
-    return {
-        "seed_everything": config["seed_everything"],
-        "settings": learning_settings(config),
-        "splits": splits,
-    }
+def recipe_from(config: dict) -> dict:
+    """What a run learns with under resolved settings ``config`` (saved by LightningCLI or
+    printed): its seed and its ``learning_settings``."""
+    return {"seed_everything": config["seed_everything"], "settings": learning_settings(config)}
 
 
-def changed(name: str, trained: dict, splits: dict[str, str]) -> dict[str, list]:
-    """Where ``trained`` (a ``RECORD`` entry, or ``trained_as`` a run) differs from what
-    variant ``name`` trains with now on ``splits``: {key: [trained, now]}; a key it lacks
-    differs (it was measured before the record held it)."""
-    now = recipe_of(name, splits)
+def recipe_of(name: str) -> dict:
+    """What variant ``name`` trains with now (``recipe_from`` configs/cpu.yaml with the base's
+    and the variant's arguments, as LightningCLI resolves them)."""
+    return recipe_from(resolved_config(BASE + VARIANTS[name][1]))
+
+
+def changed(name: str, trained: dict) -> dict[str, list]:
+    """Where ``trained`` (a ``RECORD`` entry, the shipped model's training record or
+    ``recipe_from`` a run's saved settings) differs from what variant ``name`` trains with now:
+    {key: [trained, now]}; a key it lacks differs (it was recorded before it kept settings)."""
+    now = recipe_of(name)
     return settings_differences({key: trained.get(key, "(unset)") for key in now}, now)
-
-
-def trained_as(run: Path, splits: dict[str, str]) -> dict:
-    """What ``run`` trained with, as LightningCLI saved it, in ``recipe_of``'s terms (its
-    splits checked apart, by ``splits_changed``)."""
-    saved = saved_config(run)
-    return {
-        "seed_everything": saved["seed_everything"],
-        "settings": learning_settings(saved),
-        "splits": splits,
-    }
 
 
 def entry_of(
@@ -234,7 +222,8 @@ def entry_of(
         "steps": steps,
         "global_step": global_step,
         "checkpoint": tokenizer.identity,
-        **recipe_of(name, splits),
+        **recipe_of(name),
+        "splits": splits,
         "results": measure(tokenizer, sets),
     }
 
@@ -265,8 +254,20 @@ def shipped_entry(
         return {}
     if training.get("steps") != steps or not same_sets(shipped["results"], sets):
         return {}  # other steps, or held-out clips it may have trained on
+    if changed(run.name, training):
+        return {}  # trained otherwise than its variant now (or the card does not say)
     tokenizer = Tokenizer.from_pretrained()
     return {run.name: entry_of(run.name, tokenizer, steps, steps, sets, splits)}
+
+
+def trained_otherwise(run: Path, name: str, steps: int) -> str | None:
+    """Why ``run`` is not a run of variant ``name`` for ``steps`` steps as it trains now (its
+    saved settings differ, or its step cap), or None when it is."""
+    saved = saved_config(run)
+    if saved["trainer"]["max_steps"] != steps:
+        return f"it trained for {saved['trainer']['max_steps']} steps, not {steps}"
+    differs = changed(name, recipe_from(saved))
+    return f"it trained otherwise than the variant now ({', '.join(differs)})" if differs else None
 
 
 def read_record() -> dict[str, dict]:
@@ -282,7 +283,8 @@ def recorded(out: Path, steps: int, sets: dict, splits: dict[str, str]) -> dict[
         for name, entry in read_record().get(in_repo(out), {}).items()
         if name in VARIANTS
         and entry["steps"] == steps
-        and not changed(name, entry, splits)
+        and entry["splits"] == splits
+        and not changed(name, entry)
         and same_sets(entry["results"], sets)
     }
 
@@ -319,10 +321,9 @@ def main() -> int:
     trained = [name for name in VARIANTS if (args.out / name / "tokenizer").is_dir()]
     current = training_splits(args.data)  # on other splits, held-out figures count training clips
     for name in list(trained):
-        unfit = splits_changed(args.out / name, current)
-        differs = changed(name, trained_as(args.out / name, current), current)
-        if differs and not unfit:
-            unfit = f"it trained otherwise than the variant now ({', '.join(differs)})"
+        unfit = splits_changed(args.out / name, current) or trained_otherwise(
+            args.out / name, name, args.steps
+        )
         if unfit:
             print(f"{name} not measured: {unfit}", flush=True)
             trained.remove(name)
@@ -358,8 +359,8 @@ def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str
         "the mean of the two validation sets, what tools/release.py chooses a release on; the "
         "HumanML3D clips are the test, never chosen on. A run measured earlier keeps its row "
         f"(tools/{RECORD.name}; runs/ is not kept) while the settings its variant resolves to "
-        "(configs/cpu.yaml with the variant's arguments), its seed, the splits and the "
-        "held-out clips are unchanged; the measured column gives its date.",
+        "(configs/cpu.yaml with the base's and the variant's arguments), its seed, the splits "
+        "and the held-out clips are unchanged; the measured column gives its date.",
         "",
         "| variant | Bandai val | CMU val | score | HumanML3D | HumanML3D, facing frame "
         "| measured | HumanML3D per clip |",

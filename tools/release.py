@@ -42,7 +42,6 @@ import torch
 import yaml
 
 from parttok.augment import Augmentation
-from parttok.cli.train import run_lightning_cli
 from parttok.data import HumanML3DFolder
 from parttok.evaluation import evaluate_clips
 from parttok.io import atomic_path, machine_description, write_text
@@ -145,23 +144,34 @@ def resolved_config(extra: tuple[str, ...] = ()) -> dict:
 
 @functools.cache
 def _printed_config(extra: tuple[str, ...]) -> dict:
+    from parttok.cli.train import run_lightning_cli  # Lightning only for the tools that resolve
+
     printed, errors = io.StringIO(), io.StringIO()
     arguments = ["--config", str(REPO / "configs" / "cpu.yaml"), *extra, "--print_config"]
+    code: object = "no exit"
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
         try:
             run_lightning_cli(arguments)
         except SystemExit as exit_:
-            if exit_.code not in (0, None):
-                said = errors.getvalue().strip().splitlines() or [f"exit code {exit_.code}"]
-                raise SystemExit(
-                    f"configs/cpu.yaml {' '.join(extra)} does not resolve: {said[-1]}"
-                ) from None
-    return yaml.safe_load(printed.getvalue())
+            code = exit_.code
+    said = errors.getvalue()
+    try:
+        config = yaml.safe_load(printed.getvalue()) if code in (0, None) else None
+    except yaml.YAMLError:
+        config = None  # printed something else (help)
+    if not isinstance(config, dict):
+        reason = " ".join(said[said.rfind("error:") :].split()) or f"exit code {code}"
+        raise SystemExit(f"configs/cpu.yaml {' '.join(extra)} does not resolve: {reason}")
+    sys.stderr.write(said)  # what LightningCLI warned about stays shown
+    return config
 
 
-# Trainer settings a run may change without changing what it learns (the budget is in the
-# command: --steps, --minutes).
-BUDGET_AND_OUTPUT = {"default_root_dir", "max_time", "max_steps", "enable_progress_bar", "logger"}
+# Trainer settings a run may change without changing what it learns: its budget (in the
+# command: --steps, --minutes) and what it reports.
+BUDGET_AND_OUTPUT = {
+    "default_root_dir", "max_time", "max_steps", "enable_progress_bar", "logger",
+    "log_every_n_steps", "enable_model_summary",
+}  # fmt: skip
 
 
 def settings_differences(ours: object, theirs: object, key: str = "") -> dict[str, list]:
@@ -478,6 +488,8 @@ def main() -> int:
         "folders": folders_text(data),
         "windows": windows_text(data),
         "run": in_repo(args.run),
+        "seed_everything": saved["seed_everything"],
+        "settings": learning_settings(saved),
     }
     PRETRAINED_DIR.mkdir(exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
