@@ -176,6 +176,7 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
     added = ("twist", "crouch", "jump", "tilt")  # off in the base, whatever cpu.yaml sets
     assert [base["data"]["augment"][name] for name in added] == [0.0] * 4
     assert len(base["data"]["data_dirs"]) == 7
+    assert base["model"]["model"]["init_args"]["dim"] == 128  # whatever cpu.yaml's width
     for name, (_, extra) in VARIANTS.items():
         config = printed_config(capsys, *cpu, *BASE, *extra)
         assert config == with_changes(base, pairs(extra)), name
@@ -859,6 +860,9 @@ def test_diagnose_bypasses_the_codebooks_and_nothing_else(monkeypatch, humanml3d
     rows = diagnose.table(tokenizer, found, "python tools/diagnose.py", 10).splitlines()
     cost = found["cmu"]["codes"]["mpjpe_mm"] - found["cmu"]["bypassed"]["mpjpe_mm"]
     assert rows[-1].startswith("| CMU (trained on) | 2 |") and rows[-1].endswith(f"| {cost:+.1f} |")
+    assert rows[0] == "## Where the error comes from"  # the shipped model's; another names its run
+    named = diagnose.table(tokenizer, found, "python tools/diagnose.py", 10, "runs/x")
+    assert named.startswith("## Where the error comes from, runs/x\n")
 
     with pytest.raises(SystemExit, match="not those the shipped model was measured on"):
         diagnose.trained_folders(None, tmp_path, {"bandai_val": {"x": 0}})

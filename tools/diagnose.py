@@ -97,10 +97,11 @@ def diagnose(tokenizer: Tokenizer, sets: dict[str, dict]) -> dict:
     }
 
 
-def table(tokenizer: Tokenizer, found: dict, command: str, bandai_every: int) -> str:
-    """The "Where the error comes from" section of BENCHMARKS.md."""
+def table(tokenizer: Tokenizer, found: dict, command: str, bandai_every: int, run: str = "") -> str:
+    """The "Where the error comes from" section of BENCHMARKS.md (for the shipped model; for
+    another, ``run`` names it in the heading)."""
     lines = [
-        "## Where the error comes from",
+        "## Where the error comes from" + (f", {run}" if run else ""),
         "",
         f"Command: `{command}` (after `python tools/prepare_data.py`). "
         f"{machine_description()}, no GPU; {datetime.date.today().isoformat()}. Model "
@@ -158,12 +159,13 @@ def main() -> int:
     found = diagnose(
         tokenizer, {**training_sets(args.data, folders, args.bandai_every), **held_out}
     )
-    command = "python tools/diagnose.py"
+    command, run = "python tools/diagnose.py", ""
     if args.checkpoint is not None and args.checkpoint.resolve() != PRETRAINED_DIR.resolve():
+        run = in_repo(args.checkpoint.resolve().parent)
         command += f" --checkpoint {in_repo(args.checkpoint)}"
     if args.bandai_every != parser.get_default("bandai_every"):
         command += f" --bandai-every {args.bandai_every}"
-    section = table(tokenizer, found, command, args.bandai_every)
+    section = table(tokenizer, found, command, args.bandai_every, run)
     if not args.no_write:
         replace_markdown_section(REPO / "BENCHMARKS.md", section)
     print(section)

@@ -8,10 +8,10 @@ quantizer, its gradients and its losses.
     python tools/recipe.py --steps 3000 --evaluate-only       # measure trained runs again
 
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
-other load do not change the result, only the time) with the data settings of the recipe the
+other load do not change the result, only the time) with the settings of the recipe the
 ablations started from (``BASE``: the CMU folders listed three times, mirroring, augmentation
-without twists, squats, jumps or tilts), changed as the variant's name says ("base" changes
-nothing). The run the shipped model came from is marked. Runs go to
+without twists, squats, jumps or tilts, the model 128 wide), changed as the variant's name
+says ("base" changes nothing). The run the shipped model came from is marked. Runs go to
 runs/recipe<steps>/<variant>, one folder per step count. Measured as tools/release.py
 measures the shipped model. Each measurement is kept in tools/recipe_measured.json, so a row
 stays when its run is gone (runs/ is not committed) while the settings the variant resolves
@@ -58,13 +58,15 @@ from release import (  # noqa: E402 (tools/ is not a package)
 REPO = Path(__file__).resolve().parents[1]
 # Every variant's measurement, by run folder: the table keeps a row when its run is gone.
 RECORD = Path(__file__).with_name("recipe_measured.json")
-# The data recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts), whatever
-# configs/cpu.yaml now sets there; every variant starts here.
+# The recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts; 128 wide),
+# whatever configs/cpu.yaml now sets there; every variant starts here.
 BASE = (
     "--data.data_dirs",
     "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",
     "--data.augment",
     "{twist: 0.0, crouch: 0.0, jump: 0.0, tilt: 0.0}",
+    "--model.model.init_args.dim",
+    "128",
 )
 OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
 OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
@@ -350,8 +352,8 @@ def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str
         "(after `python "
         f"tools/prepare_data.py`). {machine_description()}, no GPU; "
         f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
-        "steps of configs/cpu.yaml with the base recipe's data settings and differs from it only "
-        "as its name says; measured as the "
+        "steps of configs/cpu.yaml with the base recipe's settings (128 wide) and differs from "
+        "it only as its name says; measured as the "
         'model card measures the shipped model (MPJPE, mm; "facing frame": each frame in its '
         "own facing frame, without the drift of the integrated facing). Held out (splits by "
         f"capture): {len(sets['bandai_val'])} Bandai Namco 2 validation clips; CMU val "
