@@ -126,6 +126,14 @@ VARIANTS = {
         "CMU oversampled 6x, squats, jumps and tilts added, and the model 192 wide (not 128)",
         OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--model.model.init_args.dim", "192"),
     ),
+    "oversample_6_crouch_jump_tilt_width_192_seed_1": (
+        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, seed 1: how far chance "
+        "moves that run",
+        OVERSAMPLE_6
+        + CROUCH_JUMP_TILT
+        + ("--model.model.init_args.dim", "192")
+        + ("--seed_everything", "1"),
+    ),
     "oversample_6_crouch_jump_tilt_lean_80": (
         "CMU oversampled 6x, squats, jumps and tilts added, and the spine leaned up to 80 "
         "degrees forward (not 30)",
