@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINED = {"bandai": "Bandai Namco 2", "cmu": "CMU", "cmu-iclone": "CMU, Character Creator rig"}
 HELD_OUT = {
     "bandai_val": "Bandai Namco 2 validation",
-    "cmu_val": "CMU validation (both rigs)",
+    "cmu_val": "CMU validation, both rigs",
     "humanml3d": "HumanML3D clips (AMASS)",
 }
 
@@ -58,11 +58,16 @@ def errors(tokenizer: Tokenizer, clips: dict[str, np.ndarray], quantize: bool) -
     return {key: report[key] for key in ("clips", "frames", "mpjpe_mm", "facing_mpjpe_mm")}
 
 
+def is_shipped(checkpoint: Path | None) -> bool:
+    """Whether ``checkpoint`` (None: the default) is the shipped model's folder."""
+    return checkpoint is None or checkpoint.resolve() == PRETRAINED_DIR.resolve()
+
+
 def trained_folders(checkpoint: Path | None, data: Path, held_out: dict) -> list[str]:
     """The converted folders (names) the model at ``checkpoint`` (None: the shipped one)
     trained on. Refuses a model whose splits are not today's: it may have trained on clips
     now held out."""
-    if checkpoint is None or checkpoint.resolve() == PRETRAINED_DIR.resolve():
+    if is_shipped(checkpoint):
         record = json.loads((PRETRAINED_DIR / METRICS).read_text())
         if not same_sets(record["results"], held_out):
             raise SystemExit("the held-out sets are not those the shipped model was measured on")
@@ -160,7 +165,7 @@ def main() -> int:
         tokenizer, {**training_sets(args.data, folders, args.bandai_every), **held_out}
     )
     command, run = "python tools/diagnose.py", ""
-    if args.checkpoint is not None and args.checkpoint.resolve() != PRETRAINED_DIR.resolve():
+    if not is_shipped(args.checkpoint):
         run = in_repo(args.checkpoint.resolve().parent)
         command += f" --checkpoint {in_repo(args.checkpoint)}"
     if args.bandai_every != parser.get_default("bandai_every"):
