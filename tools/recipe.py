@@ -134,6 +134,15 @@ VARIANTS = {
         + ("--model.model.init_args.dim", "192")
         + ("--seed_everything", "1"),
     ),
+    "oversample_6_crouch_jump_tilt_width_192_depth_3": (
+        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, and 3 encoder and 3 "
+        "decoder layers (not 2): the encoder/decoder grown, as tools/diagnose.py points",
+        OVERSAMPLE_6
+        + CROUCH_JUMP_TILT
+        + ("--model.model.init_args.dim", "192")
+        + ("--model.model.init_args.encoder_depth", "3")
+        + ("--model.model.init_args.decoder_depth", "3"),
+    ),
     "oversample_6_crouch_jump_tilt_lean_80": (
         "CMU oversampled 6x, squats, jumps and tilts added, and the spine leaned up to 80 "
         "degrees forward (not 30)",
