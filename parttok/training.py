@@ -195,15 +195,15 @@ class TokenizerModule(pl.LightningModule):
         }
 
     def _training_progress(self, step: int) -> float:
-        """Fraction of the run done: by ``max_steps`` when set, else by ``max_time``."""
-        if self.trainer.max_steps > 0:
-            return min(1.0, step / self.trainer.max_steps)
+        """Fraction of the run done: by ``max_steps`` or by ``max_time``, whichever is further
+        along, so a run that ``max_time`` stops before its last step still decays its rate."""
+        by_steps = min(1.0, step / self.trainer.max_steps) if self.trainer.max_steps > 0 else 0.0
         timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
         remaining = timer.time_remaining("train") if timer is not None else None
         if remaining is None:
-            return 0.0
+            return by_steps
         elapsed = timer.time_elapsed("train")
-        return min(1.0, elapsed / max(elapsed + remaining, 1e-9))
+        return max(by_steps, min(1.0, elapsed / max(elapsed + remaining, 1e-9)))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What Tokenizer.from_pretrained needs to rebuild the model from a .ckpt safely.

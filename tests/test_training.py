@@ -873,3 +873,22 @@ def test_diagnose_bypasses_the_codebooks_and_nothing_else(monkeypatch, humanml3d
     (run / "logs" / "config.yaml").write_text("data:\n  data_dirs: [data/cmu, data/cmu]\n")
     with pytest.raises(SystemExit, match="splits.json is missing"):
         diagnose.trained_folders(run / "tokenizer", tmp_path, {})
+
+
+def test_the_rate_decays_by_the_clock_when_max_time_stops_a_run_before_its_last_step():
+    """cpu.yaml caps both steps and time; on a slow machine the clock ends the run first, and
+    the cosine must have reached its floor by then, not stopped a third of the way down."""
+    from pytorch_lightning.callbacks import Timer
+
+    from parttok.model import PartTokenizer
+    from parttok.training import TokenizerModule
+
+    module = TokenizerModule(PartTokenizer(dim=32, encoder_depth=1, decoder_depth=1, heads=2))
+    timer = Timer(duration="00:00:10:00")
+    timer.time_elapsed = lambda stage: 540.0  # 9 of 10 minutes gone
+    timer.time_remaining = lambda stage: 60.0
+    module._trainer = SimpleNamespace(max_steps=3000, callbacks=[timer])
+    assert module._training_progress(1000) == pytest.approx(0.9)  # the clock leads
+    assert module._training_progress(2900) == pytest.approx(2900 / 3000)  # the steps lead
+    module._trainer = SimpleNamespace(max_steps=3000, callbacks=[])
+    assert module._training_progress(1500) == pytest.approx(0.5)
