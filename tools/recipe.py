@@ -73,6 +73,7 @@ OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclo
 TWIST_CROUCH_JUMP = ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}")
 CROUCH_JUMP = ("--data.augment", "{crouch: 0.3, jump: 0.2}")
 CROUCH_JUMP_TILT = ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2}")
+WIDTH_192 = OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--model.model.init_args.dim", "192")
 VARIANTS = {
     "base": (
         "the base recipe (model 63edf37f): CMU oversampled 3x, mirroring, augmentation",
@@ -124,22 +125,17 @@ VARIANTS = {
     },
     "oversample_6_crouch_jump_tilt_width_192": (
         "CMU oversampled 6x, squats, jumps and tilts added, and the model 192 wide (not 128)",
-        OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--model.model.init_args.dim", "192"),
+        WIDTH_192,
     ),
     "oversample_6_crouch_jump_tilt_width_192_seed_1": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, seed 1: how far chance "
         "moves that run",
-        OVERSAMPLE_6
-        + CROUCH_JUMP_TILT
-        + ("--model.model.init_args.dim", "192")
-        + ("--seed_everything", "1"),
+        WIDTH_192 + ("--seed_everything", "1"),
     ),
     "oversample_6_crouch_jump_tilt_width_192_depth_3": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, and 3 encoder and 3 "
         "decoder layers (not 2): the encoder/decoder grown, as tools/diagnose.py points",
-        OVERSAMPLE_6
-        + CROUCH_JUMP_TILT
-        + ("--model.model.init_args.dim", "192")
+        WIDTH_192
         + ("--model.model.init_args.encoder_depth", "3")
         + ("--model.model.init_args.decoder_depth", "3"),
     ),
