@@ -875,6 +875,43 @@ def test_diagnose_bypasses_the_codebooks_and_nothing_else(monkeypatch, humanml3d
         diagnose.trained_folders(run / "tokenizer", tmp_path, {})
 
 
+def test_diagnose_reads_what_a_real_run_trained_on(converted, tmp_path, monkeypatch):
+    """tools/diagnose.py on a run of `parttok train`: the folders its saved config lists (each
+    once), their train splits measured through the codes and with the codebooks bypassed; a
+    run whose folder's train split has changed since is refused, not measured."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import diagnose
+    from release import SPLITS, training_splits
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mix").symlink_to(converted, target_is_directory=True)
+    run = tmp_path / "run"
+    folders = f"[{data / 'mix'}, {data / 'mix'}]"  # listed twice: oversampled
+    status = main(
+        ["train", "--config", SMOKE, "--data.data_dirs", folders, "--trainer.max_steps", "2",
+         "--trainer.default_root_dir", str(run)]
+    )  # fmt: skip
+    assert status == 0
+    (run / SPLITS).write_text(json.dumps(training_splits(data)))
+    assert diagnose.trained_folders(run / "tokenizer", data, {}) == ["mix"]
+
+    sets = diagnose.training_sets(data, ["mix"], bandai_every=1)
+    train_ids = (converted / "train.txt").read_text().split()
+    assert sorted(sets["mix"]) == sorted(train_ids)
+    found = diagnose.diagnose(Tokenizer.from_pretrained(run / "tokenizer"), sets)
+    frames = sum(len(clip) // 4 * 4 for clip in sets["mix"].values())
+    assert found["mix"]["codes"]["frames"] == found["mix"]["bypassed"]["frames"] == frames
+    assert found["mix"]["codes"]["mpjpe_mm"] != found["mix"]["bypassed"]["mpjpe_mm"]
+
+    moved = tmp_path / "moved"  # the same clips, one of them moved out of the train split
+    (moved / "mix").mkdir(parents=True)
+    (moved / "mix" / "new_joint_vecs").symlink_to(converted / "new_joint_vecs")
+    (moved / "mix" / "train.txt").write_text("\n".join(train_ids[1:]) + "\n")
+    with pytest.raises(SystemExit, match="trained on other splits of mix than now"):
+        diagnose.trained_folders(run / "tokenizer", moved, {})
+
+
 def test_the_rate_decays_by_the_clock_when_max_time_stops_a_run_before_its_last_step():
     """cpu.yaml caps both steps and time; on a slow machine the clock ends the run first, and
     the cosine must have reached its floor by then, not stopped a third of the way down."""
