@@ -325,6 +325,40 @@ def temporal_mask(step_mask: Tensor, window: int) -> Tensor:
     return near & (step_mask[:, None, :] | itself)
 
 
+def attend_locally(
+    q: Tensor, k: Tensor, v: Tensor, heads: int, relative_bias: Tensor, step_mask: Tensor,
+    dropout: float,
+) -> Tensor:  # fmt: skip
+    """Local attention across steps in blocks: what ``attend`` gives with the mask of
+    ``temporal_mask`` and the bias of ``relative_bias`` (heads, 2 * window + 1), in time and
+    memory linear in the steps (the full S x S scores of a five-minute clip take gigabytes).
+    Each block of ``2 * window`` steps reads the keys from ``window`` steps before it to
+    ``window`` after it. q, k, v (B * G, S, D), groups of a batch row adjacent; step_mask
+    (B, S) -> (B * G, S, D)."""
+    window = (relative_bias.shape[-1] - 1) // 2
+    block, span = 2 * window, 4 * window  # query steps per block; key steps each reads
+    count, steps, _ = q.shape
+    batch = len(step_mask)
+    blocks = -(-steps // block)
+    tail = blocks * block - steps  # padding that makes whole blocks
+    q, k, v = (rearrange(t, "n s (h d) -> n h s d", h=heads) for t in (q, k, v))
+    q = F.pad(q * q.shape[-1] ** -0.5, (0, 0, 0, tail))  # (N, h, blocks * block, d)
+    q = q.view(count, heads, blocks, block, -1)
+    k, v = (F.pad(t, (0, 0, window, window + tail)).unfold(2, span, block) for t in (k, v))
+    scores = q @ k  # (N, h, blocks, block, span)
+    key_steps = torch.arange(span, device=q.device) - window  # from each block's first step
+    offset = key_steps[None, :] - torch.arange(block, device=q.device)[:, None]  # (block, span)
+    real = F.pad(step_mask, (window, window + tail)).unfold(1, span, block)  # (B, blocks, span)
+    allowed = (offset.abs() <= window) & (real[:, :, None, :] | (offset == 0))
+    bias = relative_bias[:, offset.clamp(-window, window) + window]  # (h, block, span)
+    bias = torch.where(allowed[:, None, None], bias[:, None], float("-inf"))  # (B, 1, h, ...)
+    scores = scores.view(batch, -1, *scores.shape[1:]) + bias  # (B, G, h, blocks, block, span)
+    weights = F.dropout(scores.softmax(-1), dropout, training=dropout > 0).flatten(0, 1)
+    out = weights @ v.transpose(-1, -2)  # (N, h, blocks, block, d)
+    out = out.flatten(2, 3)[:, :, :steps]  # (N, h, S, d)
+    return rearrange(out, "n h s d -> n s (h d)")
+
+
 class SpaceTimeLayer(nn.Module):
     """Attention across the groups of a step (joints or parts), then across steps per group
     (local, with a relative position bias; skipped when ``window`` is None), then an MLP.
@@ -352,13 +386,26 @@ class SpaceTimeLayer(nn.Module):
         bias = torch.where(allowed[:, None], bias, float("-inf"))  # (B or 1, heads, S, S)
         return bias if len(bias) == 1 else repeat(bias, "b h i j -> (b g) h i j", g=groups)
 
-    def forward(self, x: Tensor, allowed: Tensor | None = None) -> Tensor:
+    def attend_in_time(self, x: Tensor, step_mask: Tensor, groups: int) -> Tensor:
+        """Attention across steps, (B * G, S, D) -> (B * G, S, D): over all the steps with a
+        mask up to 8 windows of steps (training windows, where it is as fast or faster on a
+        CPU), in blocks beyond (long clips; tools/bench_throughput.py)."""
+        attention = self.time_attention
+        if x.shape[1] <= 8 * self.window:
+            return attention(x, self.time_bias(temporal_mask(step_mask, self.window), groups))
+        q, k, v = attention.to_qkv(x).chunk(3, dim=-1)
+        dropout = attention.dropout if self.training else 0.0
+        local = attend_locally(q, k, v, attention.heads, self.relative_bias, step_mask, dropout)
+        return attention.to_out(local)
+
+    def forward(self, x: Tensor, step_mask: Tensor) -> Tensor:
+        """Tokens (B, S, G, D) of real steps ``step_mask`` (B, S) -> (B, S, G, D)."""
         batch, steps, groups, _ = x.shape
         across_groups = rearrange(self.space_norm(x), "b s g d -> (b s) g d")
         x = x + self.space_attention(across_groups).view(x.shape)
         if self.window is not None:
             across_time = rearrange(self.time_norm(x), "b s g d -> (b g) s d")
-            across_time = self.time_attention(across_time, self.time_bias(allowed, groups))
+            across_time = self.attend_in_time(across_time, step_mask, groups)
             x = x + rearrange(across_time, "(b g) s d -> b s g d", b=batch)
         return x + self.mlp(x)
 
@@ -462,6 +509,7 @@ class PartTokenizer(nn.Module):
             dim,
             joint_dim,
             heads,
+            attention_window,
             downsample,
             quantizer,
             fsq_levels,
@@ -653,11 +701,6 @@ class PartTokenizer(nn.Module):
             raise ValueError("no projector: set llm_hidden_size (continuous mode)")
         return self.projector(latents)
 
-    def _temporal_mask(self, step_mask: Tensor) -> Tensor | None:
-        if not self.temporal:
-            return None
-        return temporal_mask(step_mask, self.config["attention_window"])
-
     def _encode_latents(self, features: Tensor, mask: Tensor, step_mask: Tensor) -> Tensor:
         frame_mask = mask[..., None, None].to(features.dtype)  # (B, T, 1, 1)
         joint_features = F.pad(features, (0, 1))[..., self.gather_index]  # (B, T, J, F)
@@ -666,17 +709,15 @@ class PartTokenizer(nn.Module):
             hidden = hidden + _conv_frames(self.frame_encoder, F.gelu(hidden)) * frame_mask
         patches = rearrange(hidden, "b (s r) j c -> b s j (r c)", r=self.frames_per_step)
         tokens = self.patch_embed(patches) + self.joint_embedding  # (B, S, J, D)
-        allowed = self._temporal_mask(step_mask)
         for layer in self.encoder:
-            tokens = layer(tokens, allowed)
+            tokens = layer(tokens, step_mask)
         latents = self.to_code(self.part_pooling(tokens))  # (B, S, P, D) -> (B, S, P, d)
         return latents.masked_fill(~step_mask[..., None, None], 0.0)
 
     def _decode_vectors(self, vectors: Tensor, step_mask: Tensor) -> Tensor:
         tokens = self.from_code(vectors) + self.part_embedding  # (B, S, P, D)
-        allowed = self._temporal_mask(step_mask)
         for layer in self.decoder:
-            tokens = layer(tokens, allowed)
+            tokens = layer(tokens, step_mask)
         joints = self.joint_readout(tokens)  # (B, S, J, D)
         hidden = rearrange(
             self.unpatch(joints), "b s j (r c) -> b (s r) j c", r=self.frames_per_step
@@ -707,6 +748,7 @@ def _check_options(
     dim: int,
     joint_dim: int,
     heads: int,
+    attention_window: int,
     downsample: int,
     quantizer: str,
     fsq_levels: list[int],
@@ -718,6 +760,8 @@ def _check_options(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dim % heads or joint_dim % heads:
         raise ValueError(f"dim {dim} and joint_dim {joint_dim} must be divisible by heads {heads}")
+    if attention_window < 1:
+        raise ValueError(f"attention_window must be >= 1 step, got {attention_window}")
     if downsample < 1 or (mode == "pose" and downsample != 1):
         raise ValueError(f"downsample must be >= 1 (and 1 in pose mode), got {downsample}")
     if quantizer not in ("vq", "fsq"):

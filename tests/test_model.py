@@ -9,10 +9,19 @@ import pytest
 import torch
 from conftest import SMALL_TOKENIZER
 
+from parttok import model as model_module
 from parttok.baselines import ConvVQ, ResidualConvVQ
 from parttok.errors import FeatureError
 from parttok.features import FEATURE_DIM, POSE_FEATURE_INDICES
-from parttok.model import FIVE_PARTS, SIX_PARTS, PartTokenizer, attend, temporal_mask
+from parttok.model import (
+    FIVE_PARTS,
+    SIX_PARTS,
+    PartTokenizer,
+    SpaceTimeLayer,
+    attend,
+    attend_locally,
+    temporal_mask,
+)
 
 CLIPS = ("000000", "007005", "012314", "M010655")
 # Tiny sizes so every test runs in a second or two on two loaded cores: the shared small
@@ -297,6 +306,7 @@ def test_bad_parts_config_raises(parts, message):
         dict(llm_hidden_size=64),  # a projector needs continuous mode
         dict(mode="continuous", projector="attention"),
         dict(heads=3),
+        dict(attention_window=0),
     ],
 )
 def test_bad_options_raise(options):
@@ -378,3 +388,62 @@ def test_attention_on_the_cpu_is_the_fused_kernels():
         expected_gradients = torch.autograd.grad((expected * weights).sum(), inputs)
         for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
             assert torch.allclose(gradient, expected_gradient, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+@pytest.mark.parametrize("steps", [5, 33, 50])
+def test_local_attention_in_blocks_is_the_masked_attention_over_all_steps(window, steps):
+    """``attend_locally`` (long clips) gives what ``attend`` gives with the full S x S mask and
+    relative bias (training windows): values and gradients, with padded steps at the end and
+    at the start of rows, a step count that is not a whole number of blocks, several groups."""
+    torch.manual_seed(window * 100 + steps)
+    batch, groups, heads = 3, 5, 4
+    layer = SpaceTimeLayer(32, heads, 2, 0.0, window)
+    relative = torch.randn(heads, 2 * window + 1, requires_grad=True)
+    step_mask = torch.ones(batch, steps, dtype=torch.bool)
+    step_mask[1, steps // 2 :] = False
+    step_mask[2, :3] = False
+    q, k, v = (torch.randn(batch * groups, steps, 32, requires_grad=True) for _ in range(3))
+    layer.relative_bias = torch.nn.Parameter(relative)
+    bias = layer.time_bias(temporal_mask(step_mask, window), groups)  # (B * G, h, S, S)
+    expected = attend(q, k, v, heads, bias, 0.0)
+    blocked = attend_locally(q, k, v, heads, layer.relative_bias, step_mask, 0.0)
+    assert blocked.shape == expected.shape == (batch * groups, steps, 32)
+    assert torch.allclose(blocked, expected, atol=1e-5)
+    weights = torch.randn_like(expected)
+    inputs = (q, k, v, layer.relative_bias)
+    gradients = torch.autograd.grad((blocked * weights).sum(), inputs)
+    expected_gradients = torch.autograd.grad((expected * weights).sum(), inputs)
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        assert torch.allclose(gradient, expected_gradient, atol=1e-4)
+
+
+def test_a_long_real_clip_encodes_and_decodes_as_through_the_full_mask(clips, monkeypatch):
+    """Past eight attention windows of steps the model attends in blocks: a long real clip (all
+    the HumanML3D clips end to end) gets the codes and the decoding that the full S x S mask
+    gives, also with a shorter clip padded beside it in the batch."""
+    torch.manual_seed(0)
+    model = PartTokenizer(**SMALL)
+    for name, parameter in model.named_parameters():
+        if "relative_bias" in name or "to_out" in name:  # zero at the start: make them count
+            torch.nn.init.normal_(parameter, std=0.3)
+    long = torch.cat(clips)[: len(torch.cat(clips)) // 4 * 4]
+    batch = torch.zeros(2, len(long), FEATURE_DIM)
+    batch[0], batch[1, :200] = long, long[:200]
+    mask = torch.zeros(2, len(long), dtype=torch.bool)
+    mask[0], mask[1, :200] = True, True
+    assert len(long) // 4 > 8 * SMALL["attention_window"]
+    model = trained_once(model, batch[:, :64])
+    codes = model.encode(batch, mask)
+    decoded = model.decode(codes)
+
+    def full_mask(q, k, v, heads, relative_bias, step_mask, dropout):
+        layer = SpaceTimeLayer(q.shape[-1], heads, 1, 0.0, (relative_bias.shape[-1] - 1) // 2)
+        layer.relative_bias = torch.nn.Parameter(relative_bias)
+        groups = len(q) // len(step_mask)
+        bias = layer.time_bias(temporal_mask(step_mask, layer.window), groups)
+        return attend(q, k, v, heads, bias, dropout)
+
+    monkeypatch.setattr(model_module, "attend_locally", full_mask)
+    assert torch.equal(model.encode(batch, mask), codes)
+    assert torch.allclose(model.decode(codes), decoded, atol=1e-4)

@@ -1,13 +1,15 @@
 """Encode and decode throughput of a tokenizer beside the T2M-GPT-style baseline, on 2 cores.
 
     python tools/bench_throughput.py [--checkpoint PATH] [--data SRC] [--frames 200]
-        [--batch-size 32] [--no-write]
+        [--batch-size 32] [--long-frames 6000] [--no-write]
 
 Cuts real clips (default: the converted Bandai Namco clips in ``data/bandai`` if present,
 else the HumanML3D clips) into windows of ``--frames`` frames, then times
 ``Tokenizer.encode`` / ``decode`` one clip at a time and ``encode_batch`` / ``decode_batch``
-in batches, with torch limited to 2 threads. Each model runs in its own fresh process so its
-peak resident memory (``getrusage`` maxrss, Python and torch included) is its own. The
+in batches, with torch limited to 2 threads; then, in another process, a few long clips
+(``--long-frames``, five minutes by default) in one batch, where attention across time must
+stay linear in the length. Each measurement runs in its own fresh process so its peak
+resident memory (``getrusage`` maxrss, Python and torch included) is its own. The
 baseline is ``parttok.baselines.ConvVQ`` at its default (T2M-GPT) size with random weights:
 the speed of a network does not depend on its weights. Writes the "## encode/decode
 throughput" section of BENCHMARKS.md with the command, the machine and the date.
@@ -99,6 +101,33 @@ def measure(
     }
 
 
+def measure_long(model: str, statistics: Path, clips: np.ndarray, repeats: int) -> dict:
+    """Frames per second each way and peak memory for ``clips`` (N, frames, 263) in one batch,
+    in a fresh process."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    tokenizer = build_tokenizer(model, statistics, clips)
+    clips = list(clips)
+    codes = tokenizer.encode_batch(clips, len(clips))
+    frames = sum(map(len, clips))
+    encode = best_time(lambda: tokenizer.encode_batch(clips, len(clips)), repeats)
+    decode = best_time(lambda: tokenizer.decode_batch(codes, len(codes)), repeats)
+    return {
+        "name": describe(tokenizer),
+        "encode": frames / encode[0],
+        "decode": frames / decode[0],
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def in_fresh_process(function, *args) -> dict:
+    """``function(*args)`` in a process of its own (its peak memory its own)."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(function, *args).result()
+
+
 def build_tokenizer(model: str, statistics: Path, windows: np.ndarray):
     """``baseline``: ConvVQ at its default size with random weights, normalised by the
     statistics in the folder ``statistics``, its codebook k-means-initialised on the first
@@ -161,6 +190,8 @@ def main() -> int:
     parser.add_argument("--max-sources", type=int, default=400, help="source clips to read")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--long-frames", type=int, default=6000, help="frames per long clip")
+    parser.add_argument("--long-clips", type=int, default=4, help="long clips in one batch")
     parser.add_argument("--label", help="name of the tokenizer in the table")
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -168,23 +199,34 @@ def main() -> int:
 
     load = os.getloadavg()[0]
     windows = load_windows(args.data, args.frames, args.clips, args.max_sources)
-    results = []
-    spawn = multiprocessing.get_context("spawn")
+    long_clips = load_windows(args.data, args.long_frames, args.long_clips, args.max_sources)
+    statistics = shared / "humanml3d"
+    single = min(args.single, args.clips)
+    results, long_results = [], []
     for model in (args.checkpoint, "baseline"):
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            single = min(args.single, args.clips)
-            statistics = shared / "humanml3d"
-            job = pool.submit(
+        results.append(
+            in_fresh_process(
                 measure, model, statistics, windows, args.batch_size, single, args.repeats
             )
-            results.append(job.result())
+        )
+        long_results.append(in_fresh_process(measure_long, model, statistics, long_clips, 3))
     if args.label:
-        results[0]["name"] = args.label
+        results[0]["name"] = long_results[0]["name"] = args.label
     data = ", ".join(_shown(source) for source in args.data)
     command = "python tools/bench_throughput.py"
     command += f" --checkpoint {args.checkpoint}" if args.checkpoint else ""
     command += f' --label "{args.label}"' if args.label else ""
     table = HEADER.format(b=args.batch_size) + "\n".join(map(table_row, results)) + "\n"
+    seconds = args.long_frames / 20
+    long_table = (
+        f"| model | encode, {args.long_clips} clips of {seconds:.0f} s | decode | peak memory "
+        "(MB) |\n|---|---|---|---|\n"
+        + "\n".join(
+            f"| {r['name']} | {r['encode']:,.0f} | {r['decode']:,.0f} | {r['peak_mb']:.0f} |"
+            for r in long_results
+        )
+        + "\n"
+    )
     section = (
         f"{SECTION}\n\n"
         f"Frames per second through `Tokenizer.encode`/`decode` (batch 1) and "
@@ -195,14 +237,19 @@ def main() -> int:
         "depends little on other load; frames per second are wall-clock. Peak memory: maxrss "
         "of the process that ran the model (Python and torch included). The baseline is the "
         "T2M-GPT VQ-VAE (`parttok.baselines.ConvVQ` at its default size) with random "
-        "weights, measured in the same run.\n\n"
+        "weights, measured in the same run. Long clips: frames per second (wall clock, best "
+        f"of 3) of {args.long_clips} clips of {args.long_frames} frames ({seconds:.0f} s at "
+        "20 fps, cut end to end from the same clips) encoded and decoded in one batch, and "
+        "the peak memory of that process; local attention across time keeps both linear in "
+        "a clip's length.\n\n"
         f"- command: `{command}`\n"
         f"- machine: {machine_description()}\n"
         f"- date: {datetime.date.today().isoformat()} (load average {load:.1f} at the start: "
         "other processes shared the cores)\n\n"
-        f"{table}"
+        f"{table}\n{long_table}"
     )
     print(table)
+    print(long_table)
     if not args.no_write:
         replace_markdown_section(args.benchmarks, section)
         print(f"updated {args.benchmarks}")
