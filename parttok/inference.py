@@ -29,7 +29,7 @@ from parttok.features import FPS, features_to_joints
 from parttok.io import save_npy
 from parttok.sources import ClipSource, load_clip_features
 from parttok.tokenfile import TokenFile, load_tokens, save_tokens
-from parttok.tokenizer import Tokenizer
+from parttok.tokenizer import Tokenizer, length_batches
 
 DECODE_FORMATS = ("joints", "features", "bvh")
 _BVH_FRAMES = re.compile(rb"Frames:\s*(\d+)\s+Frame Time:\s*([0-9.eE+-]+)")
@@ -148,7 +148,7 @@ def _run_files(
     workers = options.workers
     if workers is None:
         workers = max(0, min(4, (os.cpu_count() or 1) - 1))
-    dataset = _Batches(jobs, _length_batches(lengths, options.batch_size), task.load)
+    dataset = _Batches(jobs, length_batches(lengths, options.batch_size), task.load)
     loader = DataLoader(dataset, batch_size=1, collate_fn=_only_item, num_workers=workers)
     use_trainer = options.use_trainer
     if use_trainer is None:
@@ -280,12 +280,6 @@ def _predict_with_trainer(
 
 def _accelerator_available() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available()
-
-
-def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (least padding)."""
-    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _file_size(path: Path) -> int:

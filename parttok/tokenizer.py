@@ -23,6 +23,10 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+# Padded frames one forward pass takes beyond its first clip: past this, tensors outgrow the
+# CPU's caches and each frame costs more (4 five-minute clips in one pass ran at 40% of the
+# speed of one at a time; tools/bench_throughput.py).
+BATCH_FRAMES = 8192
 
 
 def model_classes() -> dict[str, type[nn.Module]]:
@@ -123,7 +127,7 @@ class Tokenizer:
         """Encode clips of different lengths; padding and masks are handled inside."""
         prepared = self._normalised(clips)
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        for batch in _length_batches([len(c) for c in prepared], batch_size):
+        for batch in length_batches([len(c) for c in prepared], batch_size, BATCH_FRAMES):
             codes = self.model.encode(*self._padded(prepared, batch))  # (B, S, P) or (B, S, P, D)
             codes = codes.cpu().numpy()
             for row, i in enumerate(batch):
@@ -141,7 +145,7 @@ class Tokenizer:
         prepared = self._normalised(clips)
         lengths = [len(clip) for clip in prepared]
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        for batch in _length_batches(lengths, batch_size):
+        for batch in length_batches(lengths, batch_size, BATCH_FRAMES):
             with evaluating(self.model):
                 output = self.model(*self._padded(prepared, batch), quantize=quantize)
             self._store_raw(output.reconstruction, batch, lengths, results)
@@ -187,7 +191,7 @@ class Tokenizer:
         step = self.frames_per_step
         lengths = [len(codes) * step for codes in prepared]  # frames
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        for batch in _length_batches(lengths, batch_size):
+        for batch in length_batches(lengths, batch_size, BATCH_FRAMES):
             steps = max(len(prepared[i]) for i in batch)
             padded = np.zeros((len(batch), steps) + prepared[batch[0]].shape[1:], prepared[0].dtype)
             mask = np.zeros((len(batch), steps * step), dtype=bool)
@@ -324,7 +328,17 @@ def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (least padding)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+def length_batches(
+    lengths: list[int], batch_size: int, max_frames: int | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length (least padding): at most ``batch_size``
+    each and, past its first, at most ``max_frames`` padded frames (None: no limit)."""
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        batch = batches[-1] if batches else []
+        fits = max_frames is None or (len(batch) + 1) * lengths[index] <= max_frames
+        if batch and len(batch) < batch_size and fits:
+            batch.append(index)  # sorted: this clip is the longest, its length the padded one
+        else:
+            batches.append([index])
+    return batches

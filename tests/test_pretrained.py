@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 import parttok
+from parttok import tokenizer as tokenizer_module
 from parttok.evaluation import evaluate_clips
-from parttok.tokenizer import PRETRAINED_DIR
+from parttok.tokenizer import PRETRAINED_DIR, length_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,33 @@ def test_shipped_model_reconstructs_held_out_bandai_motion(bandai_dir):
     walk = tokenizer.encode(features)
     steps = min(len(wave), len(walk))
     assert (wave[:steps, 3] != walk[:steps, 3]).mean() > 0.5  # the right arm differs
+
+
+def test_batches_group_similar_lengths_and_cap_the_padded_frames():
+    lengths = [6000, 200, 6000, 300, 250]
+    assert length_batches(lengths, 32) == [[1, 4, 3, 0, 2]]
+    assert length_batches(lengths, 2) == [[1, 4], [3, 0], [2]]
+    # 3 x 300 padded frames fit 1000; a 6000-frame clip goes alone, past the cap or not
+    assert length_batches(lengths, 32, max_frames=1000) == [[1, 4, 3], [0], [2]]
+
+
+def test_long_real_motion_encodes_alone_with_the_codes_of_one_batch(humanml3d_dir, monkeypatch):
+    """A batch holds at most ``BATCH_FRAMES`` padded frames: with the cap below the clips'
+    lengths every real clip (and the four end to end, a long one) runs alone, and the codes
+    and decodings, in the order given, are those of one batch."""
+    tokenizer = parttok.Tokenizer.from_pretrained()
+    folder = parttok.HumanML3DFolder(humanml3d_dir)
+    clips = [folder.features(clip) for clip in folder.ids()]
+    clips.append(np.concatenate(clips))
+    together = tokenizer.encode_batch(clips)
+    decoded = tokenizer.decode_batch(together)
+    monkeypatch.setattr(tokenizer_module, "BATCH_FRAMES", 100)
+    alone = tokenizer.encode_batch(clips)
+    assert [len(codes) for codes in alone] == [len(clip) // 4 for clip in clips]
+    for codes, expected in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(codes, expected)
+    for features, expected in zip(tokenizer.decode_batch(alone), decoded, strict=True):
+        np.testing.assert_allclose(features, expected, atol=1e-4)
 
 
 def test_readme_python_snippet_runs(cmu_dir, tmp_path):

@@ -244,8 +244,8 @@ def main() -> int:
         "a clip's length.\n\n"
         f"- command: `{command}`\n"
         f"- machine: {machine_description()}\n"
-        f"- date: {datetime.date.today().isoformat()} (load average {load:.1f} at the start: "
-        "other processes shared the cores)\n\n"
+        f"- date: {datetime.date.today().isoformat()} (load average {load:.1f} at the start"
+        f"{': other processes shared the cores' if load >= 1 else ''})\n\n"
         f"{table}\n{long_table}"
     )
     print(table)
