@@ -18,7 +18,8 @@ features, no attention across time); "continuous" (no quantizer: the part featur
 output, with an optional projector to a language model's hidden size).
 
 Temporal attention is local (``attention_window`` steps each side) with a learned relative
-position bias, so clips of any length see what the training windows saw.
+position bias, so clips of any length see what the training windows saw; past a few windows
+it runs in blocks, in time and memory linear in a clip's length.
 """
 
 from __future__ import annotations
