@@ -7,8 +7,8 @@ Cuts real clips (default: the converted Bandai Namco clips in ``data/bandai`` if
 else the HumanML3D clips) into windows of ``--frames`` frames, then times
 ``Tokenizer.encode`` / ``decode`` one clip at a time and ``encode_batch`` / ``decode_batch``
 in batches, with torch limited to 2 threads; then, in another process, a few long clips
-(``--long-frames``, five minutes by default) in one batch, where attention across time must
-stay linear in the length. Each measurement runs in its own fresh process so its peak
+(``--long-frames``, five minutes by default) through one call each way, where attention across
+time must stay linear in the length. Each measurement runs in its own fresh process so its peak
 resident memory (``getrusage`` maxrss, Python and torch included) is its own. The
 baseline is ``parttok.baselines.ConvVQ`` at its default (T2M-GPT) size with random weights:
 the speed of a network does not depend on its weights. Writes the "## encode/decode
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parttok.features import FPS
 from parttok.io import machine_description, replace_markdown_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,8 +103,8 @@ def measure(
 
 
 def measure_long(model: str, statistics: Path, clips: np.ndarray, repeats: int) -> dict:
-    """Frames per second each way and peak memory for ``clips`` (N, frames, 263) in one batch,
-    in a fresh process."""
+    """Frames per second each way and peak memory for ``clips`` (N, frames, 263) passed to one
+    call of ``encode_batch`` / ``decode_batch``, in a fresh process."""
     import torch
 
     torch.set_num_threads(THREADS)
@@ -191,7 +192,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--long-frames", type=int, default=6000, help="frames per long clip")
-    parser.add_argument("--long-clips", type=int, default=4, help="long clips in one batch")
+    parser.add_argument("--long-clips", type=int, default=4, help="long clips in one call")
     parser.add_argument("--label", help="name of the tokenizer in the table")
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -217,7 +218,7 @@ def main() -> int:
     command += f" --checkpoint {args.checkpoint}" if args.checkpoint else ""
     command += f' --label "{args.label}"' if args.label else ""
     table = HEADER.format(b=args.batch_size) + "\n".join(map(table_row, results)) + "\n"
-    seconds = args.long_frames / 20
+    seconds = args.long_frames / FPS
     long_table = (
         f"| model | encode, {args.long_clips} clips of {seconds:.0f} s | decode | peak memory "
         "(MB) |\n|---|---|---|---|\n"
@@ -239,7 +240,7 @@ def main() -> int:
         "T2M-GPT VQ-VAE (`parttok.baselines.ConvVQ` at its default size) with random "
         "weights, measured in the same run. Long clips: frames per second (wall clock, best "
         f"of 3) of {args.long_clips} clips of {args.long_frames} frames ({seconds:.0f} s at "
-        "20 fps, cut end to end from the same clips) through one call of `encode_batch` and "
+        f"{FPS} fps, cut end to end from the same clips) through one call of `encode_batch` and "
         "`decode_batch`, which takes at most `parttok.tokenizer.BATCH_FRAMES` padded frames "
         "in a pass (a five-minute clip alone), and the peak memory of that process; local "
         "attention across time keeps both linear in a clip's length.\n\n"
