@@ -437,14 +437,43 @@ class QueryPooling(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        batch, steps, count, _ = tokens.shape
-        keys_values = rearrange(self.to_kv(self.token_norm(tokens)), "b s n e -> (b s) n e")
-        k, v = keys_values.chunk(2, dim=-1)  # (B * S, N, D) each
-        q = self.to_q(self.query_norm(self.queries)).expand(len(k), -1, -1)  # (B * S, Q, D)
+        batch, steps, count, token_dim = tokens.shape
+        queries, dim = self.queries.shape
+        q = self.to_q(self.query_norm(self.queries))  # (Q, D)
         dropout = self.dropout if self.training else 0.0
-        read = self.to_out(attend(q, k, v, self.heads, self.mask, dropout))  # (B * S, Q, D)
+        normed = rearrange(self.token_norm(tokens), "b s n c -> (b s) n c")
+        # Few queries over many tokens (the parts over the joints): the queries are the same
+        # at every step, so fold them into the key map and read the tokens before the value
+        # map rather than mapping every token to keys and values; the same attention.
+        if queries * (2 * self.heads * count + dim) < 2 * count * dim:
+            read = self.read_folded(q, normed, dropout)
+        else:
+            k, v = self.to_kv(normed).chunk(2, dim=-1)  # (B * S, N, D) each
+            read = attend(q.expand(len(k), -1, -1), k, v, self.heads, self.mask, dropout)
+        read = self.to_out(read)  # (B * S, Q, D)
         queries = self.queries + rearrange(read, "(b s) q d -> b s q d", b=batch)
         return queries + self.mlp(queries)
+
+    def read_folded(self, q: Tensor, tokens: Tensor, dropout: float) -> Tensor:
+        """Attention of queries q (Q, D) over ``tokens`` (B * S, N, C) with keys and values
+        ``to_kv(tokens)``, computed without them: q . (W_k x + b_k) is x . (W_k^T q) plus a
+        constant over the tokens (which the softmax ignores), and the weighted sum of
+        W_v x + b_v is W_v (sum of weighted x) + b_v (sum of weights). -> (B * S, Q, D)."""
+        heads, queries = self.heads, len(q)
+        w_k, w_v = self.to_kv.weight.chunk(2, dim=0)  # (D, C) each
+        b_v = self.to_kv.bias.chunk(2)[1]  # (D,)
+        q = rearrange(q, "q (h d) -> h q d", h=heads) * (q.shape[-1] // heads) ** -0.5
+        key_map = q @ rearrange(w_k, "(h d) c -> h d c", h=heads)  # (h, Q, C)
+        scores = tokens @ rearrange(key_map, "h q c -> c (h q)")  # (B * S, N, h * Q)
+        scores = rearrange(scores, "n t (h q) -> n h q t", h=heads)
+        if self.mask is not None:
+            scores = scores.masked_fill(~self.mask, float("-inf"))
+        weights = F.dropout(scores.softmax(-1), dropout, training=dropout > 0)  # (B*S, h, Q, N)
+        read = rearrange(weights, "n h q t -> n (h q) t") @ tokens  # (B * S, h * Q, C)
+        read = rearrange(read, "n (h q) c -> h (n q) c", h=heads)
+        out = read @ rearrange(w_v, "(h d) c -> h c d", h=heads)  # (h, B * S * Q, d)
+        out = out + rearrange(weights.sum(-1), "n h q -> h (n q) 1") * b_v.view(heads, 1, -1)
+        return rearrange(out, "h (n q) d -> n q (h d)", q=queries)  # (B * S, Q, D)
 
 
 class PartTokenizer(nn.Module):

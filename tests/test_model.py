@@ -17,6 +17,7 @@ from parttok.model import (
     FIVE_PARTS,
     SIX_PARTS,
     PartTokenizer,
+    QueryPooling,
     SpaceTimeLayer,
     attend,
     attend_locally,
@@ -447,3 +448,30 @@ def test_a_long_real_clip_encodes_and_decodes_as_through_the_full_mask(clips, mo
     monkeypatch.setattr(model_module, "attend_locally", full_mask)
     assert torch.equal(model.encode(batch, mask), codes)
     assert torch.allclose(model.decode(codes), decoded, atol=1e-4)
+
+
+def test_part_queries_folded_into_the_key_map_read_what_keys_and_values_give():
+    """``QueryPooling.read_folded`` (few queries over many tokens: the parts over the joints)
+    equals attention over the mapped keys and values: values and gradients, with the parts'
+    mask, with every weight and bias non-zero."""
+    torch.manual_seed(0)
+    mask = torch.zeros(6, 22, dtype=torch.bool)
+    for part, joints in enumerate(SIX_PARTS.values()):
+        mask[part, list(joints)] = True
+    pooling = QueryPooling(6, 32, 16, 4, 2, 0.0, mask)
+    for parameter in pooling.parameters():
+        torch.nn.init.normal_(parameter)
+    tokens = torch.randn(10, 22, 16, requires_grad=True)  # (B * S, N, C)
+    q = pooling.to_q(pooling.query_norm(pooling.queries))
+    k, v = pooling.to_kv(tokens).chunk(2, dim=-1)
+    expected = attend(q.expand(10, -1, -1), k, v, 4, mask, 0.0)
+    folded = pooling.read_folded(q, tokens, 0.0)
+    assert folded.shape == expected.shape == (10, 6, 32)
+    assert torch.allclose(folded, expected, atol=1e-4)
+    weights = torch.randn_like(expected)
+    inputs = (tokens, pooling.queries, pooling.to_kv.weight, pooling.to_kv.bias)
+    gradients = torch.autograd.grad((folded * weights).sum(), inputs, retain_graph=True)
+    expected_gradients = torch.autograd.grad((expected * weights).sum(), inputs)
+    # (the key bias adds a constant over the tokens: the softmax drops it, its gradient is 0)
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        assert torch.allclose(gradient, expected_gradient, atol=1e-3)
