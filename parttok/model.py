@@ -437,15 +437,15 @@ class QueryPooling(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        batch, steps, count, token_dim = tokens.shape
-        queries, dim = self.queries.shape
+        batch, _, count, _ = tokens.shape
+        num_queries, dim = self.queries.shape
         q = self.to_q(self.query_norm(self.queries))  # (Q, D)
         dropout = self.dropout if self.training else 0.0
         normed = rearrange(self.token_norm(tokens), "b s n c -> (b s) n c")
         # Few queries over many tokens (the parts over the joints): the queries are the same
         # at every step, so fold them into the key map and read the tokens before the value
         # map rather than mapping every token to keys and values; the same attention.
-        if queries * (2 * self.heads * count + dim) < 2 * count * dim:
+        if num_queries * (2 * self.heads * count + dim) < 2 * count * dim:
             read = self.read_folded(q, normed, dropout)
         else:
             k, v = self.to_kv(normed).chunk(2, dim=-1)  # (B * S, N, D) each
