@@ -389,8 +389,9 @@ class SpaceTimeLayer(nn.Module):
 
     def attend_in_time(self, x: Tensor, step_mask: Tensor, groups: int) -> Tensor:
         """Attention across steps, (B * G, S, D) -> (B * G, S, D): over all the steps with a
-        mask up to 8 windows of steps (training windows, where it is as fast or faster on a
-        CPU), in blocks beyond (long clips; tools/bench_throughput.py)."""
+        mask up to 8 windows of steps (training windows: there the S x S scores cost no more
+        than the blocks' overlap), in blocks beyond (long clips, whose speed and memory
+        tools/bench_throughput.py measures)."""
         attention = self.time_attention
         if x.shape[1] <= 8 * self.window:
             return attention(x, self.time_bias(temporal_mask(step_mask, self.window), groups))
