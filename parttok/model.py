@@ -290,8 +290,18 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        dropout = self.dropout if self.training else 0.0
-        return self.to_out(attend(q, k, v, self.heads, mask, dropout))
+        return self.to_out(attend(q, k, v, self.heads, mask, self.active_dropout))
+
+    def forward_locally(self, x: Tensor, relative_bias: Tensor, step_mask: Tensor) -> Tensor:
+        """The same attention across steps, in blocks (``attend_locally``): (B * G, S, D)."""
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        local = attend_locally(q, k, v, self.heads, relative_bias, step_mask, self.active_dropout)
+        return self.to_out(local)
+
+    @property
+    def active_dropout(self) -> float:
+        """The dropout rate now: none in eval mode."""
+        return self.dropout if self.training else 0.0
 
 
 def zero_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -392,13 +402,10 @@ class SpaceTimeLayer(nn.Module):
         mask up to 8 windows of steps (training windows: there the S x S scores cost no more
         than the blocks' overlap), in blocks beyond (long clips, whose speed and memory
         tools/bench_throughput.py measures)."""
-        attention = self.time_attention
         if x.shape[1] <= 8 * self.window:
-            return attention(x, self.time_bias(temporal_mask(step_mask, self.window), groups))
-        q, k, v = attention.to_qkv(x).chunk(3, dim=-1)
-        dropout = attention.dropout if self.training else 0.0
-        local = attend_locally(q, k, v, attention.heads, self.relative_bias, step_mask, dropout)
-        return attention.to_out(local)
+            mask = self.time_bias(temporal_mask(step_mask, self.window), groups)
+            return self.time_attention(x, mask)
+        return self.time_attention.forward_locally(x, self.relative_bias, step_mask)
 
     def forward(self, x: Tensor, step_mask: Tensor) -> Tensor:
         """Tokens (B, S, G, D) of real steps ``step_mask`` (B, S) -> (B, S, G, D)."""
