@@ -24,6 +24,7 @@ from parttok.model import (
     check_codes,
     decode_step_mask,
     evaluating,
+    in_float32,
     lookup_codes,
     nearest_codes,
     step_mask_from,
@@ -161,6 +162,7 @@ class ResidualQuantizer(nn.Module):
         """(B, S, layers) codes (-1 = dropped or padding) -> summed vectors (B, S, 1, d)."""
         return lookup_codes(codes, self.codebook_vectors()).sum(dim=-2, keepdim=True)
 
+    @in_float32
     def forward(self, latents: Tensor, step_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, S, 1, d), (B, S) -> quantized (B, S, 1, d), codes (B, S, layers), loss ()."""
         layers = self.rvq.num_quantizers

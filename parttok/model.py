@@ -24,8 +24,9 @@ it runs in blocks, in time and memory linear in a clip's length.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral
@@ -125,6 +126,19 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             submodule.training = training
 
 
+def in_float32(forward: Callable) -> Callable:
+    """Run a quantizer's ``forward(latents, step_mask)`` on float32 latents with autocast off:
+    trained in mixed precision (``--trainer.precision bf16-mixed``), code distances and EMA
+    updates in bfloat16 would pick the wrong codes and drift the codebooks."""
+
+    @functools.wraps(forward)
+    def wrapped(self: nn.Module, latents: Tensor, step_mask: Tensor):
+        with torch.autocast(latents.device.type, enabled=False):
+            return forward(self, latents.float(), step_mask)
+
+    return wrapped
+
+
 def nearest_codes(vectors: Tensor, codebooks: Tensor) -> Tensor:
     """Index of the nearest code (Euclidean) per group: (..., G, d), (G, K, d) -> (..., G)."""
     dot = torch.einsum("...gd,gkd->...gk", vectors, codebooks)
@@ -219,6 +233,7 @@ class PartQuantizer(nn.Module):
         """(B, S, P) codes (-1 = padding) -> (B, S, P, d) code vectors."""
         return lookup_codes(codes, self.codebook_vectors())
 
+    @in_float32
     def forward(self, latents: Tensor, step_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, S, P, d), (B, S) -> quantized (B, S, P, d), codes (B, S, P), loss ()."""
         loss = latents.new_zeros(())
