@@ -42,41 +42,39 @@ def reconstruction_losses(
     temporal: bool = True,
 ) -> dict[str, Tensor]:
     """Feature, velocity, facing and joint-position losses between normalised (B, T, 263)
-    tensors, in float32 whatever precision the model ran in (``bf16-mixed`` training).
+    tensors, in the target's precision (a model trained in ``bf16-mixed`` reconstructs in
+    bfloat16: its frame-to-frame differences would round).
 
     ``feature_indices`` restricts the feature loss (the pose mode reads only some dims);
     ``temporal`` False drops the velocity and facing terms. Joints are compared pelvis-aligned,
     in metres; the facing (the root's turning speed integrated over the window, as decoding
     integrates it) in radians.
     """
-    with torch.autocast(target.device.type, enabled=False):
-        reconstruction, target = reconstruction.float(), target.float()
-        if feature_indices is not None:
-            reconstruction = target.clone().index_copy_(
-                -1, feature_indices, reconstruction.index_select(-1, feature_indices)
-            )
-        losses = {
-            "features": _masked_mean(
-                F.smooth_l1_loss(reconstruction, target, reduction="none"), mask
-            )
-        }
-        if temporal:
-            step_mask = mask[:, 1:] & mask[:, :-1]
-            velocity_error = F.smooth_l1_loss(
-                reconstruction.diff(dim=1), target.diff(dim=1), reduction="none"
-            )
-            losses["velocity"] = _masked_mean(velocity_error, step_mask)
-        raw, target_raw = reconstruction * std + mean, target * std + mean
-        if temporal:
-            # Frame t faces twice the sum of the turning speeds (half angles) of frames before it.
-            turned = (raw[..., :-1, 0] - target_raw[..., :-1, 0]).cumsum(dim=-1)  # (B, T - 1)
-            losses["facing"] = _masked_mean(2.0 * turned.abs(), mask[:, 1:])
-        joints = features_to_joints(raw)  # (B, T, 22, 3) metres
-        target_joints = features_to_joints(target_raw)
-        joints = joints - joints[..., :1, :]
-        target_joints = target_joints - target_joints[..., :1, :]
-        losses["joints"] = _masked_mean((joints - target_joints).norm(dim=-1), mask)
-        return losses
+    reconstruction = reconstruction.to(target.dtype)
+    if feature_indices is not None:
+        reconstruction = target.clone().index_copy_(
+            -1, feature_indices, reconstruction.index_select(-1, feature_indices)
+        )
+    losses = {
+        "features": _masked_mean(F.smooth_l1_loss(reconstruction, target, reduction="none"), mask)
+    }
+    if temporal:
+        step_mask = mask[:, 1:] & mask[:, :-1]
+        velocity_error = F.smooth_l1_loss(
+            reconstruction.diff(dim=1), target.diff(dim=1), reduction="none"
+        )
+        losses["velocity"] = _masked_mean(velocity_error, step_mask)
+    raw, target_raw = reconstruction * std + mean, target * std + mean
+    if temporal:
+        # Frame t faces twice the sum of the turning speeds (half angles) of frames before it.
+        turned = (raw[..., :-1, 0] - target_raw[..., :-1, 0]).cumsum(dim=-1)  # (B, T - 1)
+        losses["facing"] = _masked_mean(2.0 * turned.abs(), mask[:, 1:])
+    joints = features_to_joints(raw)  # (B, T, 22, 3) metres
+    target_joints = features_to_joints(target_raw)
+    joints = joints - joints[..., :1, :]
+    target_joints = target_joints - target_joints[..., :1, :]
+    losses["joints"] = _masked_mean((joints - target_joints).norm(dim=-1), mask)
+    return losses
 
 
 class TokenizerModule(pl.LightningModule):

@@ -71,3 +71,16 @@ def test_training_weighs_each_term(clip):
     difference = facing.weighted_loss(losses) - plain.weighted_loss(losses)
     assert difference.item() == pytest.approx(0.25 * losses["facing"].item())
     assert losses["facing"].item() > 0.0
+
+
+def test_a_bfloat16_reconstruction_is_measured_in_the_targets_precision(clip):
+    """Trained in ``bf16-mixed``, the model reconstructs in bfloat16: the losses are those of
+    the same values in float32 (its frame-to-frame differences are not rounded)."""
+    target, mean, std = (tensor.float() for tensor in clip)
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    reconstruction = (target + 0.05 * noise).bfloat16()
+    mixed = _losses(reconstruction, target, mean, std)
+    full = _losses(reconstruction.float(), target, mean, std)
+    for name, value in full.items():
+        assert mixed[name].dtype == torch.float32
+        assert torch.equal(mixed[name], value), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -475,3 +476,25 @@ def test_part_queries_folded_into_the_key_map_read_what_keys_and_values_give():
     # (the key bias adds a constant over the tokens: the softmax drops it, its gradient is 0)
     for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
         assert torch.allclose(gradient, expected_gradient, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["six_parts", "residual_vq"])
+@pytest.mark.parametrize("training", [True, False])
+def test_mixed_precision_quantizes_in_float32(name, training, windows):
+    """Under bfloat16 autocast (``--trainer.precision bf16-mixed``) a quantizer picks the codes
+    and makes the EMA codebook updates it makes in float32 (vector-quantize-pytorch turns
+    autocast off on a GPU only: on a CPU its code distances ran in bfloat16)."""
+    model = trained_once(MODELS[name](), windows)
+    latents = model(windows).latents.detach()  # (B, S, P, d) of real clips
+    step_mask = torch.ones(latents.shape[:2], dtype=torch.bool)
+    results = []
+    for autocast in (False, True):
+        quantizer = copy.deepcopy(model.quantizer).train(training)
+        torch.manual_seed(1)  # dead codes are replaced by random vectors
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            quantized, codes, _ = quantizer(latents, step_mask)
+        results.append((quantized, codes, quantizer.codebook_vectors()))
+    (quantized, codes, codebooks), (mixed, mixed_codes, mixed_codebooks) = results
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed_codes, codes)
+    assert torch.equal(mixed, quantized) and torch.equal(mixed_codebooks, codebooks)
