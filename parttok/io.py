@@ -138,6 +138,19 @@ def replace_markdown_section(path: str | os.PathLike, section: str) -> None:
     write_text(path, text)
 
 
+BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bfloat16_instructions() -> list[str] | None:
+    """The CPU's bfloat16 instruction flags (``BFLOAT16_FLAGS`` in /proc/cpuinfo), or None
+    where /proc/cpuinfo does not say: mixed-precision training pays off only with them."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None
+    flags = set(cpuinfo.read_text().split())
+    return [flag for flag in BFLOAT16_FLAGS if flag in flags]
+
+
 def machine_description() -> str:
     """Cores, CPU model, OS and Python of this machine, for benchmark records."""
     import platform

@@ -31,7 +31,6 @@ CONFIGS = {
     "parttok, 6 parts x 512 (configs/cpu.yaml)": ("cpu.yaml",),
     "MoMask residual VQ, 6 x 512 (configs/rvq.yaml)": ("cpu.yaml", "rvq.yaml"),
 }
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def merged_config(names: tuple[str, ...]) -> dict:
@@ -109,16 +108,8 @@ def in_fresh_process(function, *args) -> dict:
         return pool.submit(function, *args).result()
 
 
-def bf16_instructions() -> str:
-    """The CPU's bfloat16 instruction flags (from /proc/cpuinfo), or "none"."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
-    found = [flag for flag in BF16_FLAGS if flag in flags]
-    return ", ".join(found) if found else "none"
-
-
 def main() -> int:
-    from parttok.io import machine_description, replace_markdown_section
+    from parttok.io import bfloat16_instructions, machine_description, replace_markdown_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
@@ -140,13 +131,14 @@ def main() -> int:
             f"{full['seconds'] / mixed['seconds']:.2f}x |"
         )
         print(rows[-1], flush=True)
+    flags = ", ".join(bfloat16_instructions() or ["none"])
     section = "\n".join(
         [
             SECTION,
             "",
             f"Command: `python tools/bench_training.py --steps {args.steps}` (after `python "
             f"tools/prepare_data.py`). {machine_description()}, no GPU, {THREADS} threads; "
-            f"bfloat16 instructions: {bf16_instructions()}; {datetime.date.today().isoformat()}. "
+            f"bfloat16 instructions: {flags}; {datetime.date.today().isoformat()}. "
             "One optimiser step (forward, losses, backward, AdamW) on one batch of "
             "configs/cpu.yaml's training windows, each model and precision in a fresh process, "
             f"the fastest of {args.steps} steps. Mixed precision is Lightning's "
