@@ -323,14 +323,15 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
     assert rows[2].startswith("| **FSQ") and "shipped**" in rows[2] and "| 28.00 |" in rows[2]
     assert "| 2026-11-23 |" in rows[1]
 
-    run = REPO / shipped["training"]["run"]
+    run, steps = REPO / shipped["training"]["run"], shipped["training"]["steps"]
     monkeypatch.setattr(recipe, "measure", lambda tokenizer, held_out: shipped["results"])
     held_out = {name: {"x": 0} for name in shipped["results"]}  # not the clips it was measured on
-    assert recipe.shipped_entry(run.parent, 3000, held_out, splits, known=set()) == {}
+    assert recipe.shipped_entry(run.parent, steps, held_out, splits, known=set()) == {}
     monkeypatch.setattr(recipe, "same_sets", lambda recorded, held_out: True)
-    assert recipe.shipped_entry(run.parent, 3000, sets, splits, known={run.name}) == {}
-    assert recipe.shipped_entry(tmp_path, 3000, sets, splits, known=set()) == {}  # not its folder
-    measured = recipe.shipped_entry(run.parent, 3000, sets, splits, known=set())
+    assert recipe.shipped_entry(run.parent, steps, sets, splits, known={run.name}) == {}
+    assert recipe.shipped_entry(tmp_path, steps, sets, splits, known=set()) == {}  # not its folder
+    assert recipe.shipped_entry(run.parent, steps + 1, sets, splits, known=set()) == {}
+    measured = recipe.shipped_entry(run.parent, steps, sets, splits, known=set())
     assert measured.keys() == {run.name}
     assert measured[run.name]["checkpoint"] == shipped["results"]["humanml3d"]["checkpoint"]
     assert measured[run.name]["results"] == shipped["results"]
@@ -803,13 +804,14 @@ def test_release_says_how_to_reproduce_a_run_from_what_lightning_saved(capsys, m
     seeded = printed_config(
         capsys, "--config", "configs/cpu.yaml", *budget, "--seed_everything", "1"
     )
-    assert reproduction(seeded, cpu) == (" --steps 3000 --minutes 110 --seed 1", {})
+    steps = cpu["trainer"]["max_steps"]
+    assert reproduction(seeded, cpu) == (f" --steps {steps} --minutes 110 --seed 1", {})
     other = printed_config(
         capsys, "--config", "configs/cpu.yaml", "--config", "configs/rvq.yaml",
         "--data.mirror", "false", "--trainer.gradient_clip_val", "0.5",
     )  # fmt: skip
     options, differs = reproduction(other, cpu)
-    assert options == " --steps 3000 --minutes 55"
+    assert options == f" --steps {steps} --minutes 55"
     assert differs.keys() == {"data.mirror", "model.model", "trainer.gradient_clip_val"}
     assert differs["model.model"] == [
         "parttok.baselines.ResidualConvVQ",

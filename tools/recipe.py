@@ -58,9 +58,11 @@ from release import (  # noqa: E402 (tools/ is not a package)
 REPO = Path(__file__).resolve().parents[1]
 # Every variant's measurement, by run folder: the table keeps a row when its run is gone.
 RECORD = Path(__file__).with_name("recipe_measured.json")
-# The recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts; 128 wide),
-# whatever configs/cpu.yaml now sets there; every variant starts here.
+# The recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts; 128 wide;
+# float32), whatever configs/cpu.yaml now sets there; every variant starts here.
 BASE = (
+    "--trainer.precision",
+    "null",
     "--data.data_dirs",
     "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",
     "--data.augment",
@@ -149,8 +151,8 @@ VARIANTS = {
     ),
     "oversample_6_crouch_jump_tilt_width_192_bf16": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, trained in mixed "
-        "precision (bfloat16 matrix products, float32 codebooks and losses): a step takes half "
-        "the time on a CPU with bfloat16 instructions",
+        "precision (bfloat16 matrix products, float32 codebooks and losses): a step is 1.46x "
+        "as fast on a CPU with bfloat16 instructions",
         WIDTH_192 + ("--trainer.precision", "bf16-mixed"),
     ),
     "oversample_6_crouch_jump_tilt_width_192_fast": (
@@ -391,8 +393,8 @@ def table(args: argparse.Namespace, sets: dict, entries: dict[str, dict]) -> str
         "(after `python "
         f"tools/prepare_data.py`). {machine_description()}, no GPU; "
         f"{datetime.date.today().isoformat()}. Every variant trains {args.steps} optimiser "
-        "steps of configs/cpu.yaml with the base recipe's settings (128 wide) and differs from "
-        "it only as its name says; measured as the "
+        "steps of configs/cpu.yaml with the base recipe's settings (128 wide, float32) and "
+        "differs from it only as its name says; measured as the "
         'model card measures the shipped model (MPJPE, mm; "facing frame": each frame in its '
         "own facing frame, without the drift of the integrated facing). Held out (splits by "
         f"capture): {len(sets['bandai_val'])} Bandai Namco 2 validation clips; CMU val "
