@@ -4,15 +4,15 @@
     python tools/bench_training.py [--steps 10] [--no-write]
 
 Builds each model of the side-by-side (configs/cpu.yaml's parttok, and the residual VQ of
-configs/rvq.yaml on top of it) with the same ``TokenizerModule`` and losses ``parttok train``
-uses, draws one batch of cpu.yaml's training windows (real clips from data/, augmented as in
-training), and times the optimiser step (forward, losses, backward, AdamW) with torch limited
-to 2 threads: plain float32, then under bfloat16 autocast as Lightning's
-``--trainer.precision bf16-mixed`` runs it. Each model and precision in its own fresh process
-(no cache or allocator state carried over); the fastest of ``--steps`` steps after two warm-up
-steps. Mixed precision pays off only on a CPU with bfloat16 instructions (the table says
-whether this one has them); without, it can be slower. Writes the "## Training step" section of
-BENCHMARKS.md.
+configs/rvq.yaml on top of it, resolved as LightningCLI resolves them) with the
+``TokenizerModule`` settings and losses ``parttok train`` uses, draws one batch of cpu.yaml's
+training windows (real clips from data/, augmented as in training), and times the optimiser step
+(forward, losses, backward, AdamW) with torch limited to 2 threads: plain float32, then under
+bfloat16 autocast as Lightning's ``--trainer.precision bf16-mixed`` runs it. Each model and
+precision in its own fresh process (no cache or allocator state carried over); the fastest of
+``--steps`` steps after two warm-up steps. Mixed precision pays off only on a CPU with bfloat16
+instructions (the table says whether this one has them); without, it can be slower. Writes the
+"## Training step" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -20,49 +20,27 @@ from __future__ import annotations
 import argparse
 import datetime
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/release.py
 SECTION = "## Training step"
 THREADS = 2
-CONFIGS = {
-    "parttok, 6 parts x 512 (configs/cpu.yaml)": ("cpu.yaml",),
-    "MoMask residual VQ, 6 x 512 (configs/rvq.yaml)": ("cpu.yaml", "rvq.yaml"),
+CONFIGS = {  # arguments on top of configs/cpu.yaml
+    "parttok, 6 parts x 512 (configs/cpu.yaml)": (),
+    "MoMask residual VQ, 6 x 512 (configs/rvq.yaml)": ("--config", "configs/rvq.yaml"),
 }
 
 
-def merged_config(names: tuple[str, ...]) -> dict:
-    """The configs of ``names`` (in configs/) merged as LightningCLI merges repeated --config:
-    a later file's keys replace the earlier's, section by section; another ``class_path``
-    replaces the class's arguments too."""
-    import yaml
-
-    def merge(base: dict, update: dict) -> dict:
-        out = dict(base)
-        for key, value in update.items():
-            earlier = base.get(key)
-            same_class = (
-                isinstance(value, dict)
-                and isinstance(earlier, dict)
-                and (
-                    value.get("class_path", earlier.get("class_path")) == earlier.get("class_path")
-                )
-            )
-            out[key] = merge(earlier, value) if same_class else value
-        return out
-
-    config: dict = {}
-    for name in names:
-        config = merge(config, yaml.safe_load((REPO / "configs" / name).read_text()))
-    return config
-
-
-def time_steps(names: tuple[str, ...], mixed: bool, steps: int, data: Path) -> dict:
+def time_steps(arguments: tuple[str, ...], mixed: bool, steps: int, data: Path) -> dict:
     """Seconds of the fastest of ``steps`` training steps (after 2 warm-ups) of the model
-    ``names`` configure, in float32 or under bfloat16 autocast (``mixed``)."""
+    configs/cpu.yaml with ``arguments`` trains (as LightningCLI resolves them), in float32 or
+    under bfloat16 autocast (``mixed``)."""
     import torch
+    from release import resolved_config
 
     from parttok.data import MotionDataModule
     from parttok.tokenizer import build_model
@@ -70,19 +48,20 @@ def time_steps(names: tuple[str, ...], mixed: bool, steps: int, data: Path) -> d
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    config = merged_config(names)
+    config = resolved_config(arguments)
     data_args = dict(config["data"])
     data_args["data_dirs"] = [str(data / Path(folder).name) for folder in data_args["data_dirs"]]
     datamodule = MotionDataModule(**data_args)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    spec = config["model"]["model"]
+    module_args = dict(config["model"])
+    spec = module_args.pop("model")
     model = build_model(spec["class_path"].rsplit(".", 1)[-1], spec.get("init_args", {}))
-    module = TokenizerModule(model, lr=config["model"].get("lr", 1e-3))
+    module = TokenizerModule(model, **module_args)  # the losses and weights training uses
     module.mean.copy_(torch.as_tensor(datamodule.mean))
     module.std.copy_(torch.as_tensor(datamodule.std))
     module.log = lambda *args, **kwargs: None  # no trainer to log to
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=module.hparams.lr)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
@@ -120,9 +99,9 @@ def main() -> int:
     if not (args.data / "bandai").is_dir():
         raise SystemExit(f"{args.data}/bandai is missing: run python tools/prepare_data.py")
     rows = []
-    for label, names in CONFIGS.items():
+    for label, arguments in CONFIGS.items():
         full, mixed = (
-            in_fresh_process(time_steps, names, precision, args.steps, args.data)
+            in_fresh_process(time_steps, arguments, precision, args.steps, args.data)
             for precision in (False, True)
         )
         rows.append(
