@@ -151,7 +151,7 @@ VARIANTS = {
     ),
     "oversample_6_crouch_jump_tilt_width_192_bf16": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, trained in mixed "
-        "precision (bfloat16 matrix products, float32 codebooks and losses): a step is 1.46x "
+        "precision (bfloat16 matrix products, float32 codebooks and losses): a step is 1.7-2x "
         "as fast on a CPU with bfloat16 instructions",
         WIDTH_192 + ("--trainer.precision", "bf16-mixed"),
     ),
