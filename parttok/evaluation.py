@@ -50,6 +50,7 @@ def evaluate_clips(
     report["tokens_per_second"] = tokenizer.num_parts * tokenizer.fps / tokenizer.frames_per_step
     report["parts"] = list(tokenizer.parts)
     report["checkpoint"] = tokenizer.identity
+    report["precision"] = tokenizer.precision
     report["round_trip_frames_per_second"] = report["frames"] / max(seconds, 1e-9)
     if tokenizer.is_quantized and quantize:
         report.update(codebook_statistics(codes, tokenizer.codebook_size, list(tokenizer.parts)))
@@ -59,7 +60,8 @@ def evaluate_clips(
 def format_table(report: dict) -> str:
     """A plain-text summary of an evaluation report."""
     lines = [
-        f"clips {report['clips']}, frames {report['frames']}, checkpoint {report['checkpoint']}",
+        f"clips {report['clips']}, frames {report['frames']}, checkpoint {report['checkpoint']}"
+        f" ({report['precision']})",
         f"MPJPE {report['mpjpe_mm']:.1f} mm   PA-MPJPE {report['pa_mpjpe_mm']:.1f} mm   "
         f"in the facing frame {report['facing_mpjpe_mm']:.1f} mm   "
         f"accel {report['accel_error']:.2f} mm/frame^2",

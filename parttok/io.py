@@ -151,6 +151,17 @@ def bfloat16_instructions() -> list[str] | None:
     return [flag for flag in BFLOAT16_FLAGS if flag in flags]
 
 
+def slow_bfloat16(precision: str, device_type: str) -> str | None:
+    """Why ``precision`` on ``device_type`` is slow, or None: bfloat16 on a CPU without
+    bfloat16 instructions runs slower than float32 (tools/bench_training.py)."""
+    if str(precision).startswith("bf16") and device_type == "cpu" and bfloat16_instructions() == []:
+        return (
+            f"{precision} on a CPU without bfloat16 instructions ({', '.join(BFLOAT16_FLAGS)}) "
+            "is slower than float32"
+        )
+    return None
+
+
 def machine_description() -> str:
     """Cores, CPU model, OS and Python of this machine, for benchmark records."""
     import platform

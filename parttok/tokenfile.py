@@ -45,7 +45,8 @@ class TokenFile:
     ``kind="continuous"``; ``num_frames`` counts the source clip's feature frames (the codes
     cover the first ``S * frames_per_step`` of them); ``checkpoint`` is the identity of the
     tokenizer that made them and ``checkpoint_source`` where it was loaded from (a path, or
-    ``"shipped"``; a hint for error messages).
+    ``"shipped"``; a hint for error messages); ``precision`` how the encoder computed
+    ("32-true" or "bf16-mixed"; files written before it was recorded say "32-true").
     """
 
     codes: np.ndarray
@@ -59,6 +60,7 @@ class TokenFile:
     mode: str = "motion"
     source: str = ""
     checkpoint_source: str = ""
+    precision: str = "32-true"
     version: int = FORMAT_VERSION
 
     @classmethod
@@ -84,6 +86,7 @@ class TokenFile:
             mode=tokenizer.mode,
             source=source,
             checkpoint_source=checkpoint_source,
+            precision=tokenizer.precision,
         )
 
     @property
@@ -200,6 +203,7 @@ def _from_stored(header_text: str, arrays: dict, version: int, path: Path) -> To
             mode=str(header["mode"]),
             source=str(header["source"]),
             checkpoint_source=str(header["checkpoint_source"]),
+            precision=str(header.get("precision", "32-true")),
             version=version,
         )
         crc = int(header["crc32"])

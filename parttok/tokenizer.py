@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from torch import nn
 
 from parttok.errors import CheckpointError, InputError
 from parttok.features import FEATURE_DIM, FPS, check_features
-from parttok.io import atomic_path, write_text
+from parttok.io import atomic_path, slow_bfloat16, write_text
 from parttok.model import evaluating
 
 FORMAT_NAME = "parttok-tokenizer"
@@ -27,6 +29,9 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # CPU's caches and each frame costs more (tools/bench_throughput.py's 4 five-minute clips in
 # one pass encoded at 11.8k frames/s, 30k with this cap).
 BATCH_FRAMES = 8192
+# How the model computes: in float32, or with bfloat16 matrix products (the codebooks and the
+# code search stay float32), Lightning's names for the same choice in training.
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 def model_classes() -> dict[str, type[nn.Module]]:
@@ -56,6 +61,11 @@ class Tokenizer:
     ``encode`` takes raw (T, 263) features (as ``joints_to_features`` or ``new_joint_vecs``
     give) and returns codes (T // frames_per_step, num_parts); trailing frames that do not
     fill a step are dropped, as the field's evaluations cut lengths to multiples of 4.
+
+    ``precision`` "bf16-mixed" runs the matrix products in bfloat16 (on a CPU with bfloat16
+    instructions encode and decode run 1.4-2.5x as fast, BENCHMARKS.md) and leaves the code
+    search in float32: a few codes in a hundred differ from "32-true"'s and reconstructions
+    move by a fraction of a millimetre.
     """
 
     def __init__(
@@ -65,12 +75,33 @@ class Tokenizer:
         std: np.ndarray,
         identity: str | None = None,
         device: str | torch.device = "cpu",
+        precision: str = "32-true",
     ) -> None:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.mean = np.asarray(mean, dtype=np.float32).reshape(FEATURE_DIM)
         self.std = np.asarray(std, dtype=np.float32).reshape(FEATURE_DIM)
         self.identity = identity or _fingerprint(self.state_dict())
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        """ "32-true" or "bf16-mixed" (``PRECISIONS``)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
+        slow = slow_bfloat16(value, self.device.type)
+        if slow:
+            warnings.warn(f"{slow}: use precision 32-true", stacklevel=2)
+        self._precision = value
+
+    def _autocast(self) -> AbstractContextManager:
+        """The model's forward passes in this tokenizer's precision."""
+        mixed = self.precision == "bf16-mixed"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mixed)
 
     # --- what the tokens are -------------------------------------------------------------
     @property
@@ -128,8 +159,11 @@ class Tokenizer:
         prepared = self._normalised(clips)
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
         for batch in length_batches([len(c) for c in prepared], batch_size, BATCH_FRAMES):
-            codes = self.model.encode(*self._padded(prepared, batch))  # (B, S, P) or (B, S, P, D)
-            codes = codes.cpu().numpy()
+            with self._autocast():
+                codes = self.model.encode(
+                    *self._padded(prepared, batch)
+                )  # (B, S, P) or (B, S, P, D)
+            codes = (codes if codes.dtype == torch.long else codes.float()).cpu().numpy()
             for row, i in enumerate(batch):
                 results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]
         return results
@@ -146,7 +180,7 @@ class Tokenizer:
         lengths = [len(clip) for clip in prepared]
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
         for batch in length_batches(lengths, batch_size, BATCH_FRAMES):
-            with evaluating(self.model):
+            with evaluating(self.model), self._autocast():
                 output = self.model(*self._padded(prepared, batch), quantize=quantize)
             self._store_raw(output.reconstruction, batch, lengths, results)
         return results
@@ -178,7 +212,7 @@ class Tokenizer:
     ) -> None:
         """Normalised features (B, T, 263) of clips ``batch`` back to raw, row b cut to clip
         batch[b]'s length (``lengths`` by clip) and put into ``results`` at that clip."""
-        raw = features.cpu().numpy() * self.std + self.mean
+        raw = features.float().cpu().numpy() * self.std + self.mean
         if self.mode == "pose":
             raw = self._fill_pose(raw)
         for row, i in enumerate(batch):
@@ -198,9 +232,10 @@ class Tokenizer:
             for row, i in enumerate(batch):
                 padded[row, : len(prepared[i])] = prepared[i]
                 mask[row, : len(prepared[i]) * step] = True
-            features = self.model.decode(
-                torch.from_numpy(padded).to(self.device), torch.from_numpy(mask).to(self.device)
-            )  # (B, S * step, 263) normalised
+            with self._autocast():
+                features = self.model.decode(
+                    torch.from_numpy(padded).to(self.device), torch.from_numpy(mask).to(self.device)
+                )  # (B, S * step, 263) normalised
             self._store_raw(features, batch, lengths, results)
         return results
 
@@ -258,13 +293,16 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path | None = None, device: str | torch.device = "cpu"
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "32-true",
     ) -> Tokenizer:
         """Load a saved tokenizer folder (default: the model shipped with parttok), or a
-        Lightning ``.ckpt`` written by ``parttok train``."""
+        Lightning ``.ckpt`` written by ``parttok train``; ``precision`` as in ``Tokenizer``."""
         path = Path(path) if path is not None else PRETRAINED_DIR
         if path.is_file() and path.suffix == ".ckpt":
-            return cls._from_lightning_checkpoint(path, device)
+            return cls._from_lightning_checkpoint(path, device, precision)
         if path.is_file() and path.name in (WEIGHTS_FILE, CONFIG_FILE):
             path = path.parent
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -286,10 +324,10 @@ class Tokenizer:
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: damaged weights ({error})") from None
         model = build_model(config.get("model_class", ""), config.get("model_config", {}))
-        return cls._assemble(model, tensors, path, device)
+        return cls._assemble(model, tensors, path, device, precision)
 
     @classmethod
-    def _from_lightning_checkpoint(cls, path: Path, device) -> Tokenizer:
+    def _from_lightning_checkpoint(cls, path: Path, device, precision: str) -> Tokenizer:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for damaged or unsafe files
@@ -303,10 +341,12 @@ class Tokenizer:
         state = checkpoint["state_dict"]
         tensors = {k: v for k, v in state.items() if k.startswith("model.")}
         tensors["stats.mean"], tensors["stats.std"] = state["mean"], state["std"]
-        return cls._assemble(model, tensors, path, device)
+        return cls._assemble(model, tensors, path, device, precision)
 
     @classmethod
-    def _assemble(cls, model: nn.Module, tensors: dict, path: Path, device) -> Tokenizer:
+    def _assemble(
+        cls, model: nn.Module, tensors: dict, path: Path, device, precision: str
+    ) -> Tokenizer:
         try:
             mean, std = tensors.pop("stats.mean"), tensors.pop("stats.std")
             weights = {k.removeprefix("model."): v for k, v in tensors.items()}
@@ -316,7 +356,7 @@ class Tokenizer:
             raise CheckpointError(
                 f"{path}: weights do not fit the model config ({message})"
             ) from None
-        return cls(model, mean.numpy(), std.numpy(), device=device)
+        return cls(model, mean.numpy(), std.numpy(), device=device, precision=precision)
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:

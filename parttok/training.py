@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from parttok.features import FEATURE_DIM, features_to_joints
-from parttok.io import bfloat16_instructions
+from parttok.io import slow_bfloat16
 
 
 def pose_feature_fill(mean: Tensor, std: Tensor) -> Tensor:
@@ -218,13 +218,9 @@ class TokenizerModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.train_started = time.monotonic()
-        mixed = str(self.trainer.precision).startswith("bf16")
-        if mixed and self.device.type == "cpu" and bfloat16_instructions() == []:
-            rank_zero_warn(
-                "bf16-mixed on a CPU without bfloat16 instructions (avx512_bf16, amx_bf16) is "
-                "slower than float32 (tools/bench_training.py); train with "
-                "--trainer.precision 32-true"
-            )
+        slow = slow_bfloat16(self.trainer.precision, self.device.type)
+        if slow:
+            rank_zero_warn(f"{slow}: train with --trainer.precision 32-true")
 
     def on_train_end(self) -> None:
         from parttok.tokenizer import Tokenizer

@@ -5,6 +5,7 @@ codes."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -264,3 +265,42 @@ def test_a_missing_checkpoint_is_one_line(tmp_path: Path, humanml3d_dir: Path, c
         capsys, "encode", humanml3d_dir, "--out", tmp_path, "--checkpoint", tmp_path / "none"
     )
     assert status == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_mixed_precision_encode_decode_and_evaluate(
+    source_tree: Path,
+    checkpoint: Path,
+    humanml3d_dir: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    """--precision bf16-mixed: the token files say how they were made and hold the API's
+    bf16-mixed codes; decode and evaluate run in it too, and a
+    continuous tokenizer's part features come out in float32."""
+    out, decoded = tmp_path / "tokens", tmp_path / "decoded"
+    argv = ["--checkpoint", checkpoint, "--precision", "bf16-mixed"]
+    status, _, err = run(capsys, "encode", source_tree / "walks", "--out", out, *argv)
+    assert status == 0, err
+    mixed = Tokenizer.from_pretrained(checkpoint, precision="bf16-mixed")
+    features = load_clip_features(source_tree / "walks" / "012314.npy")
+    tokens = load_tokens(out / "012314.ptok")
+    assert tokens.precision == "bf16-mixed"
+    np.testing.assert_array_equal(tokens.codes, mixed.encode(features))
+    status, _, err = run(capsys, "decode", out, "--out", decoded, "--format", "features", *argv)
+    assert status == 0, err
+    np.testing.assert_array_equal(np.load(decoded / "012314.npy"), mixed.decode(tokens.codes))
+    report = tmp_path / "report.json"
+    assert (
+        main(["evaluate", str(source_tree / "walks"), "--json", str(report), *map(str, argv)]) == 0
+    )
+    assert "(bf16-mixed)" in capsys.readouterr().out
+    assert json.loads(report.read_text())["precision"] == "bf16-mixed"
+    with pytest.raises(SystemExit):
+        main(["encode", str(source_tree), "--out", str(out), "--precision", "16-mixed"])
+    assert "invalid choice: '16-mixed'" in capsys.readouterr().err
+    continuous = small_tokenizer(humanml3d_dir, 0, mode="continuous", llm_hidden_size=24)
+    exact = continuous.encode(features)
+    continuous.precision = "bf16-mixed"
+    part_features = continuous.encode(features)  # (S, P, D)
+    assert part_features.dtype == np.float32 and part_features.shape == exact.shape
+    assert 0 < np.abs(part_features - exact).max() < 0.1 * np.abs(exact).max()

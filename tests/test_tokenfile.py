@@ -48,7 +48,7 @@ def assert_same(loaded: TokenFile, saved: TokenFile) -> None:
     np.testing.assert_array_equal(loaded.codes, saved.codes)
     for name in ("parts", "frames_per_step", "fps", "num_frames", "checkpoint", "codebook_size"):
         assert getattr(loaded, name) == getattr(saved, name), name
-    for name in ("kind", "mode", "source", "checkpoint_source"):
+    for name in ("kind", "mode", "source", "checkpoint_source", "precision"):
         assert getattr(loaded, name) == getattr(saved, name), name
     assert loaded.version == FORMAT_VERSION
 
@@ -80,6 +80,17 @@ def test_a_token_file_is_plain_safetensors_with_its_metadata(tmp_path: Path) -> 
     assert metadata["format"] == "parttok-tokens" and metadata["version"] == str(FORMAT_VERSION)
     header = json.loads(metadata["header"])
     assert header["parts"] == list(PARTS) and header["num_frames"] == 51
+
+
+def test_the_precision_round_trips_and_older_files_read_as_float32(tmp_path: Path) -> None:
+    mixed = make_tokens(precision="bf16-mixed")
+    assert_same(load_tokens(save_tokens(tmp_path / "mixed.ptok", mixed)), mixed)
+    header = json.loads(
+        safe_open(str(save_tokens(tmp_path / "a.ptok", mixed)), "np").metadata()["header"]
+    )
+    del header["precision"]  # as written before parttok recorded it
+    older = write_with_metadata(tmp_path / "older.ptok", {"header": json.dumps(header)})
+    assert load_tokens(older).precision == "32-true"
 
 
 def test_saving_replaces_an_existing_file_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_mixed_precision_training_exports_float32_weights_that_encode_as_trained
     """``--trainer.precision bf16-mixed`` (half the step time on a CPU with bfloat16
     instructions): the exported weights are float32 and encode in float32; on a CPU without
     those instructions, where it is slower, training says so."""
-    monkeypatch.setattr("parttok.training.bfloat16_instructions", lambda: [])
+    monkeypatch.setattr("parttok.io.bfloat16_instructions", lambda: [])
     with pytest.warns(UserWarning, match="without bfloat16 instructions"):
         assert train(converted, tmp_path, "--trainer.fast_dev_run", "true",
                      "--trainer.precision", "bf16-mixed") == 0  # fmt: skip
@@ -479,7 +479,8 @@ def test_compare_measures_a_trained_run_and_tables_its_unseen_clips_by_source(
     converted, humanml3d_dir, monkeypatch, tmp_path
 ):
     """tools/compare.py end to end on a run trained a few steps on real clips: measured on
-    held-out real clips, the unseen ones also by source, and written as markdown."""
+    held-out real clips, the unseen ones also by source, and written as markdown with the
+    precision it trained in."""
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     from compare import evaluate_runs, markdown
     from release import SPLITS, training_splits
@@ -487,7 +488,8 @@ def test_compare_measures_a_trained_run_and_tables_its_unseen_clips_by_source(
     from parttok.data import HumanML3DFolder
 
     out = tmp_path / "runs"
-    assert train(converted, out / "parttok", "--trainer.max_steps", "2") == 0
+    precision = ("--trainer.precision", "bf16-mixed")
+    assert train(converted, out / "parttok", "--trainer.max_steps", "2", *precision) == 0
     (out / "parttok" / SPLITS).write_text(json.dumps(training_splits(converted.parent)))
     clips = HumanML3DFolder(converted)
     held_out = clips.ids("val") or clips.ids("test")
@@ -510,6 +512,8 @@ def test_compare_measures_a_trained_run_and_tables_its_unseen_clips_by_source(
     )
     text = markdown(results, args, sets)
     assert "| tokenizer | Bandai 'run' (1 clips) | HumanML3D (2 clips) |" in text
+    assert results["parttok"]["precision"] == "bf16-mixed"
+    assert "every model trained in bf16-mixed precision" in text
     assert f" --out {out}`" in text  # not the default folder
 
 

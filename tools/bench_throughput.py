@@ -11,8 +11,11 @@ in batches, with torch limited to 2 threads; then, in another process, a few lon
 time must stay linear in the length. Each measurement runs in its own fresh process so its peak
 resident memory (``getrusage`` maxrss, Python and torch included) is its own. The
 baseline is ``parttok.baselines.ConvVQ`` at its default (T2M-GPT) size with random weights:
-the speed of a network does not depend on its weights. Writes the "## encode/decode
-throughput" section of BENCHMARKS.md with the command, the machine and the date.
+the speed of a network does not depend on its weights. Each model runs in float32 and in
+bf16-mixed (``Tokenizer.precision``); for the tokenizer, bf16-mixed's codes are compared with
+float32's and both reconstructions measured (MPJPE) on the same clips. Writes the
+"## encode/decode throughput" section of BENCHMARKS.md with the command, the machine and the
+date.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from parttok.features import FPS
-from parttok.io import machine_description, replace_markdown_section
+from parttok.io import bfloat16_instructions, machine_description, replace_markdown_section
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## encode/decode throughput"
 THREADS = 2
+PRECISIONS = ("32-true", "bf16-mixed")
 HEADER = (
     "| model | parameters | bits/s | encode, batch 1 | encode, batch {b} | decode, batch 1 "
     "| decode, batch {b} | CPU ms / 1k frames, batch {b}, encode / decode | peak memory (MB) "
@@ -68,13 +72,21 @@ def best_time(run, repeats: int) -> tuple[float, float]:
 
 
 def measure(
-    model: str, statistics: Path, windows: np.ndarray, batch_size: int, single: int, repeats: int
+    model: str,
+    precision: str,
+    statistics: Path,
+    windows: np.ndarray,
+    batch_size: int,
+    single: int,
+    repeats: int,
 ) -> dict:
-    """Frames per second each way at batch 1 and batched, in a fresh process."""
+    """Frames per second each way at batch 1 and batched, in a fresh process; for a trained
+    tokenizer also its MPJPE on the windows and, in bf16-mixed, how many codes float32's are."""
     import torch
 
     torch.set_num_threads(THREADS)
     tokenizer = build_tokenizer(model, statistics, windows)
+    tokenizer.precision = precision
     clips = list(windows)
     codes = tokenizer.encode_batch(clips, batch_size)
     frames = len(clips) * windows.shape[1]
@@ -92,7 +104,7 @@ def measure(
     cpu_ms = {  # CPU milliseconds per 1,000 frames, batched
         f"{name}_cpu": 1e6 * timings[name][1] / frames for name in ("encode_b", "decode_b")
     }
-    return {
+    result = {
         "name": describe(tokenizer),
         "parameters": sum(p.numel() for p in tokenizer.model.parameters()),
         "bits_per_second": tokenizer.bits_per_second,
@@ -100,15 +112,27 @@ def measure(
         **rates,
         **cpu_ms,
     }
+    if model != "baseline":
+        from parttok.evaluation import evaluate_clips
+
+        named = {str(index): clip for index, clip in enumerate(clips)}
+        result["mpjpe_mm"] = evaluate_clips(tokenizer, named, batch_size)["mpjpe_mm"]
+        tokenizer.precision = "32-true"
+        exact = tokenizer.encode_batch(clips, batch_size)
+        result["codes_equal"] = float(np.mean(np.concatenate(exact) == np.concatenate(codes)))
+    return result
 
 
-def measure_long(model: str, statistics: Path, clips: np.ndarray, repeats: int) -> dict:
+def measure_long(
+    model: str, precision: str, statistics: Path, clips: np.ndarray, repeats: int
+) -> dict:
     """Frames per second each way and peak memory for ``clips`` (N, frames, 263) passed to one
     call of ``encode_batch`` / ``decode_batch``, in a fresh process."""
     import torch
 
     torch.set_num_threads(THREADS)
     tokenizer = build_tokenizer(model, statistics, clips)
+    tokenizer.precision = precision
     clips = list(clips)
     codes = tokenizer.encode_batch(clips, len(clips))
     frames = sum(map(len, clips))
@@ -154,12 +178,14 @@ def describe(tokenizer) -> str:
     config = tokenizer.model.config
     name = type(tokenizer.model).__name__
     if name == "PartTokenizer":
-        return (
+        name = (
             f"parttok {tokenizer.identity} ({tokenizer.num_parts} parts x "
             f"{tokenizer.codebook_size}, dim {config.get('dim')}, depth "
             f"{config.get('encoder_depth')}+{config.get('decoder_depth')})"
         )
-    return f"{name} (T2M-GPT size, random weights)"
+    else:
+        name = f"{name} (T2M-GPT size, random weights)"
+    return f"{name}, {tokenizer.precision}"
 
 
 def table_row(result: dict) -> str:
@@ -205,14 +231,25 @@ def main() -> int:
     single = min(args.single, args.clips)
     results, long_results = [], []
     for model in (args.checkpoint, "baseline"):
-        results.append(
-            in_fresh_process(
-                measure, model, statistics, windows, args.batch_size, single, args.repeats
+        for precision in PRECISIONS:
+            results.append(
+                in_fresh_process(
+                    measure,
+                    model,
+                    precision,
+                    statistics,
+                    windows,
+                    args.batch_size,
+                    single,
+                    args.repeats,
+                )
             )
-        )
-        long_results.append(in_fresh_process(measure_long, model, statistics, long_clips, 3))
+            long_results.append(
+                in_fresh_process(measure_long, model, precision, statistics, long_clips, 3)
+            )
     if args.label:
-        results[0]["name"] = long_results[0]["name"] = args.label
+        for result in results[: len(PRECISIONS)] + long_results[: len(PRECISIONS)]:
+            result["name"] = f"{args.label}, {result['name'].rsplit(', ', 1)[-1]}"
     data = ", ".join(_shown(source) for source in args.data)
     command = "python tools/bench_throughput.py"
     command += f" --checkpoint {args.checkpoint}" if args.checkpoint else ""
@@ -227,6 +264,18 @@ def main() -> int:
             for r in long_results
         )
         + "\n"
+    )
+    exact, mixed = results[0], results[1]
+    precision_note = (
+        f"bf16-mixed (`--precision bf16-mixed`, `Tokenizer.precision`): bfloat16 matrix "
+        f"products, the code search in float32. On these {args.clips} clips "
+        f"{100 * mixed['codes_equal']:.1f}% of the tokenizer's codes are float32's, and it "
+        f"reconstructs them at {mixed['mpjpe_mm']:.2f} mm MPJPE (float32: "
+        f"{exact['mpjpe_mm']:.2f} mm); batched, it encodes "
+        f"{mixed['encode_b'] / exact['encode_b']:.2f}x and decodes "
+        f"{mixed['decode_b'] / exact['decode_b']:.2f}x as fast as float32 on this CPU "
+        f"(bfloat16 instructions: {', '.join(bfloat16_instructions() or ['none'])}; without "
+        "them bf16-mixed is slower).\n\n"
     )
     section = (
         f"{SECTION}\n\n"
@@ -248,7 +297,7 @@ def main() -> int:
         f"- machine: {machine_description()}\n"
         f"- date: {datetime.date.today().isoformat()} (load average {load:.1f} at the start"
         f"{': other processes shared the cores' if load >= 1 else ''})\n\n"
-        f"{table}\n{long_table}"
+        f"{table}\n{precision_note}{long_table}"
     )
     print(table)
     print(long_table)

@@ -44,6 +44,7 @@ from release import (  # noqa: E402 (tools/ is not a package)
     in_repo,
     max_time,
     record_splits,
+    saved_config,
     saved_data,
     splits_changed,
     training_splits,
@@ -180,6 +181,7 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
         config = json.loads((folder / "config.json").read_text())
         results[name] = {
             "data": data[name],
+            "precision": saved_config(out / name)["trainer"].get("precision") or "32-true",
             "parameters": sum(p.numel() for p in tokenizer.model.parameters()),
             "steps": config["training"].get("global_step"),
             **{key: evaluate_clips(tokenizer, clips) for key, clips in sets.items()},
@@ -296,6 +298,17 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
+def precisions_text(results: dict) -> str:
+    """The precision the runs trained in (results measured before it was recorded: float32,
+    as configs/cpu.yaml trained then)."""
+    precisions = {result.get("precision", "32-true") for result in results.values()}
+    if len(precisions) == 1:
+        return f"every model trained in {precisions.pop()} precision"
+    return "precision " + ", ".join(
+        f"{LABELS[name]} {result.get('precision', '32-true')}" for name, result in results.items()
+    )
+
+
 def common_windows(results: dict) -> str:
     """How the windows were made for every run (a variant changes the augmentation)."""
     return next(result["data"] for name, result in results.items() if name not in OWN_AUGMENTATION)
@@ -332,7 +345,8 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
         f"wall clock with {threads} thread(s), {parallel} run(s) at a time, on Bandai Namco 2 + "
-        f"CMU train splits without any 'run' clip; {common_windows(results)}.",
+        f"CMU train splits without any 'run' clip; {common_windows(results)}; "
+        f"{precisions_text(results)}.",
         f"In-distribution: {len(sets['in_distribution'])} Bandai Namco 2 validation clips. "
         f"Unseen: {len(sets['unseen'])} clips: the Bandai 'run' clips of the validation and test "
         "splits (an action never trained on), the CMU clips on the Character Creator rig but "

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     suffix = ".bvh" if args.format == "bvh" else ".npy"
     todo, skipped, clashes = output_jobs(
         find_clips(args.sources, suffixes=(TOKEN_SUFFIX,)), args.out, suffix, args.force

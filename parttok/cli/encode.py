@@ -10,7 +10,7 @@ from parttok.cli.common import exit_status
 from parttok.inference import RunOptions, encode_files, output_jobs
 from parttok.sources import find_clips
 from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, TOKEN_SUFFIX, save_projector
-from parttok.tokenizer import Tokenizer
+from parttok.tokenizer import PRECISIONS, Tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """--precision, for every command that runs the model."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32-true",
+        help="bf16-mixed: bfloat16 matrix products, 1.4-2.5x as fast on a CPU with bfloat16 "
+        "instructions; a few codes in a hundred differ",
+    )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by encode and decode."""
     parser.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    add_precision_argument(parser)
     parser.add_argument(
         "--devices",
         type=int,
@@ -39,7 +51,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     todo, skipped, clashes = output_jobs(
         find_clips(args.sources), args.out, TOKEN_SUFFIX, args.force
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from parttok.cli.common import exit_status, process_batch
+from parttok.cli.encode import add_precision_argument
 from parttok.evaluation import evaluate_clips, format_table
 from parttok.io import write_text
 from parttok.sources import find_clips, load_clip_features
@@ -18,11 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the full report (with per-clip rows) here")
     parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
     parser.add_argument("--batch-size", type=int, default=32)
+    add_precision_argument(parser)
     parser.add_argument("--report", help="also write a markdown report with figures to this folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     clips = find_clips(args.sources)
     loaded, failed = process_batch(
         clips, lambda clip: load_clip_features(clip.path, args.rig), "loading"
