@@ -63,7 +63,7 @@ class Tokenizer:
     fill a step are dropped, as the field's evaluations cut lengths to multiples of 4.
 
     ``precision`` "bf16-mixed" runs the matrix products in bfloat16 (on a CPU with bfloat16
-    instructions encode and decode run 1.4-2.5x as fast, BENCHMARKS.md) and leaves the code
+    instructions it decodes 2.4x and encodes 1.2x as fast, BENCHMARKS.md) and leaves the code
     search in float32: a few codes in a hundred differ from "32-true"'s and reconstructions
     move by a fraction of a millimetre.
     """
