@@ -86,7 +86,7 @@ class Tokenizer:
 
     @property
     def precision(self) -> str:
-        """ "32-true" or "bf16-mixed" (``PRECISIONS``)."""
+        """How the model computes: "32-true" or "bf16-mixed" (``PRECISIONS``)."""
         return self._precision
 
     @precision.setter
@@ -159,10 +159,9 @@ class Tokenizer:
         prepared = self._normalised(clips)
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
         for batch in length_batches([len(c) for c in prepared], batch_size, BATCH_FRAMES):
+            features, mask = self._padded(prepared, batch)
             with self._autocast():
-                codes = self.model.encode(
-                    *self._padded(prepared, batch)
-                )  # (B, S, P) or (B, S, P, D)
+                codes = self.model.encode(features, mask)  # (B, S, P) or (B, S, P, D)
             codes = (codes if codes.dtype == torch.long else codes.float()).cpu().numpy()
             for row, i in enumerate(batch):
                 results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]
