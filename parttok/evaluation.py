@@ -17,7 +17,8 @@ def evaluate_clips(
 
     Every frame of every clip counts once in the means (frame-weighted); joints are compared
     pelvis-aligned in millimetres. ``facing_mpjpe_mm`` compares each frame in its own facing
-    frame: MPJPE without the drift of the facing the root's turning speed integrates to.
+    frame: MPJPE without the drift of the facing the root's turning speed integrates to;
+    ``facing_error_deg`` is that drift, the mean angle between the facings in degrees.
     ``quantize`` False measures the model with its codebooks bypassed
     (``Tokenizer.reconstruct_batch``): no codes, so no codebook statistics.
     """
@@ -43,6 +44,7 @@ def evaluate_clips(
             "mpjpe_mm": row["mpjpe_sum"] / row["frames"],
             "pa_mpjpe_mm": row["pa_mpjpe_sum"] / row["frames"],
             "facing_mpjpe_mm": row["facing_mpjpe_sum"] / row["frames"],
+            "facing_error_deg": row["facing_error_sum"] / row["frames"],
         }
         for row in rows
     ]
@@ -64,7 +66,8 @@ def format_table(report: dict) -> str:
         f" ({report['precision']})",
         f"MPJPE {report['mpjpe_mm']:.1f} mm   PA-MPJPE {report['pa_mpjpe_mm']:.1f} mm   "
         f"in the facing frame {report['facing_mpjpe_mm']:.1f} mm   "
-        f"accel {report['accel_error']:.2f} mm/frame^2",
+        f"accel {report['accel_error']:.2f} mm/frame^2   "
+        f"facing {report['facing_error_deg']:.1f} deg off",
         f"{report['bits_per_second']:.0f} bits/s, {report['tokens_per_second']:.0f} tokens/s",
         "",
         f"{'part':<12}{'MPJPE mm':>10}",

@@ -218,6 +218,13 @@ def _recover_joints(features: Tensor) -> Tensor:
     return torch.cat((root[..., None, :], others), dim=-2)  # (..., T, 22, 3)
 
 
+def facing_angles(features: np.ndarray) -> np.ndarray:
+    """(T, 263) -> (T,) each frame's facing about the up axis in radians, from frame 0's, as
+    ``features_to_joints`` integrates it: the root's turning speed (feature 0, half an angle
+    per frame) applied from the next frame on."""
+    return 2.0 * np.concatenate(([0.0], np.cumsum(features[:-1, 0], dtype=np.float64)))
+
+
 def facing_frame_joints(features: np.ndarray) -> np.ndarray:
     """(T, 263) -> (T, 22, 3): each frame's joints relative to its pelvis in its own facing
     frame (the ric slice), so no error in the integrated facing carries over to later frames."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parttok.features import facing_frame_joints, features_to_joints
+from parttok.features import facing_angles, facing_frame_joints, features_to_joints
 
 # Joint groups used to report per-part error for every model (the six-part default).
 REPORT_PARTS = {
@@ -61,11 +61,14 @@ def clip_metrics(predicted_features: np.ndarray, target_features: np.ndarray) ->
     facing_errors = np.linalg.norm(
         facing_frame_joints(predicted_features) - facing_frame_joints(target_features), axis=-1
     )  # (F, 22) m
+    turned = facing_angles(predicted_features) - facing_angles(target_features)  # (F,) rad
+    facing_error = np.degrees(np.abs(np.angle(np.exp(1j * turned))))  # (F,) in [0, 180]
     return {
         "frames": int(len(target)),
         "mpjpe_sum": float(errors.mean(-1).sum()),
         "pa_mpjpe_sum": float(pa_errors.mean(-1).sum()),
         "facing_mpjpe_sum": float(1000 * facing_errors.mean(-1).sum()),
+        "facing_error_sum": float(facing_error.sum()),
         "part_sums": {
             name: float(errors[:, joints].mean(-1).sum()) for name, joints in REPORT_PARTS.items()
         },
@@ -84,6 +87,7 @@ def summarize(rows: list[dict]) -> dict:
         "mpjpe_mm": sum(r["mpjpe_sum"] for r in rows) / max(frames, 1),
         "pa_mpjpe_mm": sum(r["pa_mpjpe_sum"] for r in rows) / max(frames, 1),
         "facing_mpjpe_mm": sum(r["facing_mpjpe_sum"] for r in rows) / max(frames, 1),
+        "facing_error_deg": sum(r["facing_error_sum"] for r in rows) / max(frames, 1),
         "per_part_mpjpe_mm": {
             name: sum(r["part_sums"][name] for r in rows) / max(frames, 1) for name in REPORT_PARTS
         },

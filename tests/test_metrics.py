@@ -51,10 +51,17 @@ def test_facing_frame_error_leaves_out_the_drift_of_the_facing(humanml3d_dir):
     turned[10, 0] += 0.3  # one frame turns 0.6 rad too far: every later frame faces wrong
     metrics = summarize([clip_metrics(turned, vecs)])
     assert metrics["mpjpe_mm"] > 100 and metrics["facing_mpjpe_mm"] < 1e-6
+    later = (len(vecs) - 11) / len(vecs)  # the share of frames after the turn
+    assert abs(metrics["facing_error_deg"] - np.degrees(0.6) * later) < 1e-4
+    spun = vecs.copy()
+    spun[10, 0] += np.pi / 2 + 0.1  # a turn past 180 degrees: 180 - 0.2 rad the shorter way
+    facing_error = summarize([clip_metrics(spun, vecs)])["facing_error_deg"]
+    assert abs(facing_error - (180 - np.degrees(0.2)) * later) < 1e-4  # float32 features
     posed = vecs.copy()
-    posed[:, 4:67] += 0.01  # a pose error shows in both
+    posed[:, 4:67] += 0.01  # a pose error shows in both, and not in the facing
     metrics = summarize([clip_metrics(posed, vecs)])
     assert abs(metrics["facing_mpjpe_mm"] - metrics["mpjpe_mm"]) < 0.01
+    assert metrics["facing_error_deg"] == 0.0
 
 
 def test_summary_weights_every_frame_once(humanml3d_dir):
