@@ -200,9 +200,7 @@ def _recover_joints(features: Tensor) -> Tensor:
     if features.shape[-1] != FEATURE_DIM:
         hint = " (251 looks like KIT-ML)" if features.shape[-1] == KIT_FEATURE_DIM else ""
         raise FeatureError(f"expected 263 features per frame, got {features.shape[-1]}{hint}")
-    # Root yaw: rotation velocities shifted one frame later, integrated; a half angle.
-    shifted = torch.nn.functional.pad(features[..., :-1, 0], (1, 0))
-    half_angle = torch.cumsum(shifted, dim=-1)  # (..., T)
+    half_angle = _facing(features) / 2.0  # (..., T): the root's yaw quaternion takes half
     zero = torch.zeros_like(half_angle)
     root_rotation = torch.stack((half_angle.cos(), zero, half_angle.sin(), zero), dim=-1)
     inverse_root = qinv(root_rotation)  # (..., T, 4)
@@ -218,11 +216,19 @@ def _recover_joints(features: Tensor) -> Tensor:
     return torch.cat((root[..., None, :], others), dim=-2)  # (..., T, 22, 3)
 
 
-def facing_angles(features: np.ndarray) -> np.ndarray:
-    """(T, 263) -> (T,) each frame's facing about the up axis in radians, from frame 0's, as
-    ``features_to_joints`` integrates it: the root's turning speed (feature 0, half an angle
-    per frame) applied from the next frame on."""
-    return 2.0 * np.concatenate(([0.0], np.cumsum(features[:-1, 0], dtype=np.float64)))
+def facing_angles(features: ArrayOrTensor) -> ArrayOrTensor:
+    """(..., T, 263) -> (..., T) each frame's facing about the up axis in radians, from frame
+    0's, as ``features_to_joints`` integrates it (numpy in float64; torch differentiable)."""
+    if isinstance(features, np.ndarray):
+        return _facing(torch.from_numpy(np.asarray(features, dtype=np.float64))).numpy()
+    return _facing(features)
+
+
+def _facing(features: Tensor) -> Tensor:
+    """The root's turning speed (feature 0, half an angle per frame) applied from the next
+    frame on, integrated: (..., T, 263) -> (..., T) radians."""
+    shifted = torch.nn.functional.pad(features[..., :-1, 0], (1, 0))
+    return 2.0 * torch.cumsum(shifted, dim=-1)
 
 
 def facing_frame_joints(features: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from parttok.features import FEATURE_DIM, features_to_joints
+from parttok.features import FEATURE_DIM, facing_angles, features_to_joints
 from parttok.io import slow_bfloat16
 
 
@@ -68,9 +68,8 @@ def reconstruction_losses(
         losses["velocity"] = _masked_mean(velocity_error, step_mask)
     raw, target_raw = reconstruction * std + mean, target * std + mean
     if temporal:
-        # Frame t faces twice the sum of the turning speeds (half angles) of frames before it.
-        turned = (raw[..., :-1, 0] - target_raw[..., :-1, 0]).cumsum(dim=-1)  # (B, T - 1)
-        losses["facing"] = _masked_mean(2.0 * turned.abs(), mask[:, 1:])
+        turned = facing_angles(raw)[..., 1:] - facing_angles(target_raw)[..., 1:]  # (B, T - 1)
+        losses["facing"] = _masked_mean(turned.abs(), mask[:, 1:])
     joints = features_to_joints(raw)  # (B, T, 22, 3) metres
     target_joints = features_to_joints(target_raw)
     joints = joints - joints[..., :1, :]
