@@ -84,6 +84,11 @@ FAST = (
     )
     + ("--model.model.init_args.dim", "192")
 )
+FAST_TURNS = (
+    OVERSAMPLE_6
+    + ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2, turn_frames: [4.0, 40.0]}")
+    + ("--model.model.init_args.dim", "192", "--trainer.precision", "bf16-mixed")
+)
 VARIANTS = {
     "base": (
         "the base recipe (model 63edf37f): CMU oversampled 3x, mirroring, augmentation",
@@ -159,9 +164,12 @@ VARIANTS = {
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, and turns "
         "made in as few as 4 frames (not 10): up to 67 degrees a frame, where 10 frames reach "
         "27 and the held-out tennis serve turns 28",
-        OVERSAMPLE_6
-        + ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2, turn_frames: [4.0, 40.0]}")
-        + ("--model.model.init_args.dim", "192", "--trainer.precision", "bf16-mixed"),
+        FAST_TURNS,
+    ),
+    "oversample_6_crouch_jump_tilt_width_192_bf16_fast_turns_seed_1": (
+        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, turns "
+        "in as few as 4 frames, seed 1: how far chance moves that run",
+        FAST_TURNS + ("--seed_everything", "1"),
     ),
     "oversample_6_crouch_jump_tilt_width_192_fast": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, and faster motion: "
