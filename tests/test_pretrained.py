@@ -38,6 +38,16 @@ def test_shipped_model_reproduces_its_card_figures(humanml3d_dir):
     shipped = json.loads((PRETRAINED_DIR / "metrics.json").read_text())["results"]["humanml3d"]
     assert abs(report["mpjpe_mm"] - shipped["mpjpe_mm"]) < 0.01
     assert report["frames"] == shipped["frames"]
+    # each clip's row has its own means, and its frames weight them into the totals
+    rows = report["per_clip"]
+    assert [row["clip"] for row in rows] == list(clips)
+    for key in ("mpjpe_mm", "pa_mpjpe_mm", "facing_mpjpe_mm", "facing_error_deg"):
+        weighted = sum(row[key] * row["frames"] for row in rows) / report["frames"]
+        assert weighted == pytest.approx(report[key])
+    for part, total in report["per_part_mpjpe_mm"].items():
+        weighted = sum(row["per_part_mpjpe_mm"][part] * row["frames"] for row in rows)
+        assert weighted / report["frames"] == pytest.approx(total)
+    assert len({row["per_part_mpjpe_mm"]["left_leg"] for row in rows}) == len(rows)
 
 
 def test_shipped_model_reconstructs_held_out_bandai_motion(bandai_dir):
