@@ -53,6 +53,7 @@ from release import (  # noqa: E402 (tools/ is not a package)
     splits_changed,
     train,
     training_splits,
+    with_code_defaults,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,9 +292,13 @@ def recipe_of(name: str) -> dict:
 def changed(name: str, trained: dict) -> dict[str, list]:
     """Where ``trained`` (a ``RECORD`` entry, the shipped model's training record or
     ``recipe_from`` a run's saved settings) differs from what variant ``name`` trains with now:
-    {key: [trained, now]}; a key it lacks differs (it was recorded before it kept settings)."""
+    {key: [trained, now]}; a key it lacks differs (it was recorded before it kept settings),
+    an argument its settings lack counts as its default (``with_code_defaults``)."""
     now = recipe_of(name)
-    return settings_differences({key: trained.get(key, "(unset)") for key in now}, now)
+    then = {key: trained.get(key, "(unset)") for key in now}
+    if isinstance(then["settings"], dict):
+        then["settings"] = with_code_defaults(then["settings"])
+    return settings_differences(then, now)
 
 
 def entry_of(

@@ -26,6 +26,8 @@ import copy
 import datetime
 import functools
 import hashlib
+import importlib
+import inspect
 import io
 import json
 import os
@@ -196,11 +198,59 @@ LEARNING_SECTIONS = ("data", "model", "trainer", "optimizer", "lr_scheduler")
 def learning_settings(config: dict) -> dict:
     """What a run learns with under resolved settings ``config`` (a saved or printed
     LightningCLI configuration): its data, model, trainer and optimiser sections without the
-    budget and output (``BUDGET_AND_OUTPUT``) and without the seed."""
-    settings = copy.deepcopy({name: config.get(name) for name in LEARNING_SECTIONS})
+    budget and output (``BUDGET_AND_OUTPUT``) and without the seed, every argument the code
+    takes now filled in (``with_code_defaults``)."""
+    return with_code_defaults({name: config.get(name) for name in LEARNING_SECTIONS})
+
+
+# The classes whose arguments the sections of a LightningCLI configuration are.
+SECTION_CLASSES = {
+    "data": "parttok.data.MotionDataModule",
+    "model": "parttok.training.TokenizerModule",
+    "trainer": "pytorch_lightning.Trainer",
+}
+
+
+def with_code_defaults(settings: dict) -> dict:
+    """A copy of ``settings`` (``learning_settings``) with each argument a section's class (or
+    a nested ``class_path``'s) takes but ``settings`` lack set to its default: an argument
+    added to the code after a run was recorded did then what its default does now (arguments
+    are added with the default that keeps what the code did), so that run still counts. The
+    trainer's budget and output (``BUDGET_AND_OUTPUT``) are left out."""
+    settings = copy.deepcopy(settings)
+    for name, class_path in SECTION_CLASSES.items():
+        if isinstance(settings.get(name), dict):
+            settings[name] = _with_defaults(settings[name], class_path)
     for name in BUDGET_AND_OUTPUT:
-        settings["trainer"].pop(name, None)
+        (settings.get("trainer") or {}).pop(name, None)
     return settings
+
+
+def _with_defaults(arguments: dict, class_path: str) -> dict:
+    module, _, name = class_path.rpartition(".")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    defaults = {
+        key: json.loads(json.dumps(parameter.default))  # tuples as lists, as YAML gives them
+        for key, parameter in parameters.items()
+        if key not in arguments and _plain(parameter.default)
+    }
+    filled = {**arguments, **defaults}
+    for key, value in filled.items():
+        if isinstance(value, dict) and isinstance(value.get("init_args"), dict):
+            filled[key] = {
+                **value,
+                "init_args": _with_defaults(value["init_args"], value["class_path"]),
+            }
+    return filled
+
+
+def _plain(default: object) -> bool:
+    """Whether ``default`` is a value a YAML configuration could hold (not "no default")."""
+    try:
+        json.dumps(default)  # inspect.Parameter.empty (no default) is a class: not a value
+    except TypeError:
+        return False
+    return True
 
 
 def reproduction(saved: dict, cpu: dict) -> tuple[str, dict[str, list]]:
