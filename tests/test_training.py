@@ -195,7 +195,9 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
     added = ("twist", "crouch", "jump", "tilt")  # off in the base, whatever cpu.yaml sets
     assert [base["data"]["augment"][name] for name in added] == [0.0] * 4
     assert len(base["data"]["data_dirs"]) == 7
-    assert base["model"]["model"]["init_args"]["dim"] == 128  # whatever cpu.yaml's width
+    assert base["data"]["augment"]["turn_frames"] == [10.0, 40.0]
+    init_args = base["model"]["model"]["init_args"]
+    assert (init_args["dim"], init_args["code_dim"]) == (128, 32)  # whatever cpu.yaml's sizes
     for name, (_, extra) in VARIANTS.items():
         config = printed_config(capsys, *cpu, *BASE, *extra)
         assert config == with_changes(base, pairs(extra)), name

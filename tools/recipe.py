@@ -59,17 +59,20 @@ from release import (  # noqa: E402 (tools/ is not a package)
 REPO = Path(__file__).resolve().parents[1]
 # Every variant's measurement, by run folder: the table keeps a row when its run is gone.
 RECORD = Path(__file__).with_name("recipe_measured.json")
-# The recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts; 128 wide;
-# float32), whatever configs/cpu.yaml now sets there; every variant starts here.
+# The recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts; turns over
+# 10-40 frames; 128 wide with 32-dimensional codes; float32), whatever configs/cpu.yaml now
+# sets there; every variant starts here.
 BASE = (
     "--trainer.precision",
     "null",
     "--data.data_dirs",
     "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",
     "--data.augment",
-    "{twist: 0.0, crouch: 0.0, jump: 0.0, tilt: 0.0}",
+    "{twist: 0.0, crouch: 0.0, jump: 0.0, tilt: 0.0, turn_frames: [10.0, 40.0]}",
     "--model.model.init_args.dim",
     "128",
+    "--model.model.init_args.code_dim",
+    "32",
 )
 OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
 OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
