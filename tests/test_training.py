@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,6 +238,36 @@ def test_the_recipe_table_says_how_far_the_seed_moves_a_recipe(monkeypatch):
         in (lines[1])
     )
     assert "closer than 1.00" in lines[1]
+
+
+def test_the_recipe_measures_a_checkpoint_once(monkeypatch, tmp_path):
+    """tools/recipe.py: a run whose checkpoint the record holds, measured on the same clips,
+    splits and settings, is not measured again; another checkpoint in its folder is."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import recipe
+    from release import clip_digest
+
+    monkeypatch.setattr(recipe, "RECORD", tmp_path / "recipe_measured.json")
+    sets = {"bandai_val": {"a": 0}, "cmu_val": {"b": 0}, "humanml3d": {"c": 0}}
+    splits = {"bandai": "1234"}
+    results = {name: {"mpjpe_mm": 30.0, "clip_digest": clip_digest(clips)}
+               for name, clips in sets.items()}  # fmt: skip
+    measured = []
+    monkeypatch.setattr(
+        recipe, "measure", lambda tokenizer, held_out: measured.append(1) or results
+    )
+    out = tmp_path / "runs" / "recipe3000"
+    shutil.copytree(recipe.PRETRAINED_DIR, out / "base" / "tokenizer")
+    identity = Tokenizer.from_pretrained(out / "base" / "tokenizer").identity
+    for checkpoint, times in ((identity, 0), ("another", 1)):
+        entry = {"date": "2026-11-24", "steps": 3000, "global_step": 3000,
+                 "checkpoint": checkpoint, **recipe.recipe_of("base"), "splits": splits,
+                 "results": results}  # fmt: skip
+        recipe.update_record(out, 3000, sets, splits, {"base": entry})
+        measured.clear()
+        entries = recipe.measure_runs(["base"], out, 3000, sets, splits)
+        assert len(measured) == times and len(entries) == times
+    assert entries["base"]["checkpoint"] == identity
 
 
 def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypatch, tmp_path):

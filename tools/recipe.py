@@ -322,10 +322,14 @@ def entry_of(
 def measure_runs(
     names: list[str], out: Path, steps: int, sets: dict, splits: dict[str, str]
 ) -> dict[str, dict]:
-    """Measure each variant's run in ``out``: its entry in ``RECORD``."""
+    """Measure each variant's run in ``out``: its entry in ``RECORD``. A run whose checkpoint
+    ``RECORD`` holds, measured as now (``recorded``), is not measured again."""
+    known = recorded(out, steps, sets, splits)
     entries = {}
     for name in names:
         tokenizer = Tokenizer.from_pretrained(out / name / "tokenizer")
+        if known.get(name, {}).get("checkpoint") == tokenizer.identity:
+            continue
         saved = json.loads((out / name / "tokenizer" / CONFIG_FILE).read_text())
         global_step = saved["training"].get("global_step", steps)
         entries[name] = entry_of(name, tokenizer, steps, global_step, sets, splits)
@@ -399,7 +403,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="default: runs/recipe<steps>")
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--evaluate-only", action="store_true", help="measure existing runs")
+    parser.add_argument(
+        "--evaluate-only", action="store_true", help="measure the runs not yet measured"
+    )
     parser.add_argument("--only", nargs="+", choices=VARIANTS, help="train only these variants")
     args = parser.parse_args()
     args.out = (args.out or REPO / "runs" / f"recipe{args.steps}").resolve()
