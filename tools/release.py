@@ -228,7 +228,10 @@ def with_code_defaults(settings: dict) -> dict:
 
 def _with_defaults(arguments: dict, class_path: str) -> dict:
     module, _, name = class_path.rpartition(".")
-    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError):
+        return arguments  # a class the code no longer has: its arguments stay as recorded
     defaults = {
         key: json.loads(json.dumps(parameter.default))  # tuples as lists, as YAML gives them
         for key, parameter in parameters.items()
