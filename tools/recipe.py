@@ -199,6 +199,11 @@ VARIANTS = {
         "from seed to seed",
         FAST_TURNS + ("--model.facing_weight", "0.25"),
     ),
+    "oversample_6_crouch_jump_tilt_width_192_bf16_fast_turns_facing_loss_seed_1": (
+        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, turns "
+        "in as few as 4 frames, a facing loss, seed 1: how far chance moves that run",
+        FAST_TURNS + ("--model.facing_weight", "0.25", "--seed_everything", "1"),
+    ),
     "oversample_6_crouch_jump_tilt_width_192_fast": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, and faster motion: "
         "played up to 1.6x as fast (not 1.33x), limbs swung, squats and tilts made in as few "
