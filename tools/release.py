@@ -40,14 +40,16 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 import yaml
 
 from parttok.augment import Augmentation
-from parttok.data import HumanML3DFolder
+from parttok.data import HumanML3DFolder, MotionDataModule
 from parttok.evaluation import evaluate_clips
 from parttok.io import atomic_path, machine_description, write_text
 from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, WEIGHTS_FILE, Tokenizer
+from parttok.training import TokenizerModule
 
 REPO = Path(__file__).resolve().parents[1]
 CARD = "MODEL_CARD.md"
@@ -204,11 +206,7 @@ def learning_settings(config: dict) -> dict:
 
 
 # The classes whose arguments the sections of a LightningCLI configuration are.
-SECTION_CLASSES = {
-    "data": "parttok.data.MotionDataModule",
-    "model": "parttok.training.TokenizerModule",
-    "trainer": "pytorch_lightning.Trainer",
-}
+SECTION_CLASSES = {"data": MotionDataModule, "model": TokenizerModule, "trainer": pl.Trainer}
 
 
 def with_code_defaults(settings: dict) -> dict:
@@ -218,33 +216,36 @@ def with_code_defaults(settings: dict) -> dict:
     are added with the default that keeps what the code did), so that run still counts. The
     trainer's budget and output (``BUDGET_AND_OUTPUT``) are left out."""
     settings = copy.deepcopy(settings)
-    for name, class_path in SECTION_CLASSES.items():
+    for name, cls in SECTION_CLASSES.items():
         if isinstance(settings.get(name), dict):
-            settings[name] = _with_defaults(settings[name], class_path)
+            settings[name] = _with_defaults(settings[name], cls)
     for name in BUDGET_AND_OUTPUT:
         (settings.get("trainer") or {}).pop(name, None)
     return settings
 
 
-def _with_defaults(arguments: dict, class_path: str) -> dict:
-    module, _, name = class_path.rpartition(".")
-    try:
-        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-    except (ImportError, AttributeError, ValueError):
-        return arguments  # a class the code no longer has: its arguments stay as recorded
+def _with_defaults(arguments: dict, cls: type) -> dict:
     defaults = {
         key: json.loads(json.dumps(parameter.default))  # tuples as lists, as YAML gives them
-        for key, parameter in parameters.items()
+        for key, parameter in inspect.signature(cls).parameters.items()
         if key not in arguments and _plain(parameter.default)
     }
     filled = {**arguments, **defaults}
     for key, value in filled.items():
         if isinstance(value, dict) and isinstance(value.get("init_args"), dict):
-            filled[key] = {
-                **value,
-                "init_args": _with_defaults(value["init_args"], value["class_path"]),
-            }
+            nested = _class_at(value["class_path"])
+            if nested is not None:  # a class the code no longer has keeps its recorded arguments
+                filled[key] = {**value, "init_args": _with_defaults(value["init_args"], nested)}
     return filled
+
+
+def _class_at(class_path: str) -> type | None:
+    """The class a configuration's ``class_path`` names, None if the code has none there."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except (ImportError, ValueError):
+        return None
 
 
 def _plain(default: object) -> bool:
