@@ -31,8 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from parttok.augment import (
     Augmentation,
+    bend,
     change_speed,
     crouch,
+    ground,
     jump,
     lean,
     splice_arms,
@@ -514,11 +516,13 @@ class WindowDataset(Dataset):
         if augment.limb_swing > 0 and torch.rand(()).item() < augment.limb_swing:
             limb, outward, degrees = augment.draw_swing(frames, before, crop)
             window = swing_limb(window, limb, degrees, outward)
+        if augment.jitter > 0 and torch.rand(()).item() < augment.jitter:
+            window = ground(bend(window, augment.draw_bend(frames)), window)
         if augment.twist > 0 and torch.rand(()).item() < augment.twist:
             window = twist(window, augment.draw_twist(frames, before, crop))
         if augment.crouch > 0 and torch.rand(()).item() < augment.crouch:
-            depth, bend = augment.draw_crouch(frames, before, crop)
-            window = crouch(window, depth, bend)
+            depth, forward = augment.draw_crouch(frames, before, crop)
+            window = crouch(window, depth, forward)
         if augment.tilt > 0 and torch.rand(()).item() < augment.tilt:
             window = tilt(window, augment.draw_tilt(frames, before, crop))
         if augment.jump > 0 and torch.rand(()).item() < augment.jump:
