@@ -276,39 +276,33 @@ class GroupedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(groups, out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        # einsum leaves the groups outermost in memory; every layer after it (norms, linear
-        # maps, the residual stream that inherits the layout) would copy them back
-        out = torch.einsum("...gi,gio->...go", x, self.weight).contiguous()
-        return out if self.bias is None else out.add_(self.bias)
+        out = torch.einsum("...gi,gio->...go", x, self.weight)
+        return out if self.bias is None else out + self.bias
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None, dropout: float):
     """Multi-head attention: q (N, L, D) over k, v (N, M, D); ``mask`` broadcasts to
-    (N, heads, L, M), bool (True = attend) or an additive bias. -> (N, L, D)."""
-    q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=heads) for t in (q, k, v))
-    return rearrange(attend_heads(q, k, v, mask, dropout), "n h l d -> n l (h d)")
-
-
-def attend_heads(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
-    """Attention of q (N, h, L, d) over k, v (N, h, M, d), heads split; ``mask`` as in
-    ``attend``. -> (N, h, L, d).
+    (N, heads, L, M), bool (True = attend) or an additive bias. -> (N, L, D).
 
     On a GPU through the fused kernel; on a CPU as two batched matrix products, which for the
     few tokens of a step or a window is several times faster (tools/bench_throughput.py)."""
+    q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=heads) for t in (q, k, v))
     if q.is_cuda:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (N, h, L, M)
-    # masked in place: a second tensor of the scores' size costs as much as the product
-    if mask is not None and mask.dtype == torch.bool:
-        scores.masked_fill_(~mask, float("-inf"))
-    elif mask is not None:
-        scores += mask
-    weights = F.dropout(scores.softmax(-1), dropout, training=dropout > 0)
-    return weights @ v
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    else:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (N, h, L, M)
+        # masked in place: a second tensor of the scores' size costs as much as the product
+        if mask is not None and mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, float("-inf"))
+        elif mask is not None:
+            scores += mask
+        weights = F.dropout(scores.softmax(-1), dropout, training=dropout > 0)
+        out = weights @ v  # (N, h, L, d)
+    return rearrange(out, "n h l d -> n l (h d)")
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention along one axis of tokens (..., D)."""
+    """Multi-head self-attention over the middle axis of (N, L, D)."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -316,19 +310,9 @@ class SelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * dim)
         self.to_out = zero_linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, axis: int = -2) -> Tensor:
-        """Tokens x (..., D) attend along ``axis`` (negative, the tokens' axis of x: -2 for
-        (N, L, D)); ``mask`` broadcasts to (N, heads, L, L), N the other leading axes
-        flattened in order. -> (..., D).
-
-        The keys, queries and values are split into heads in one copy, whatever the axis:
-        a rearranged input would cost a copy before the map and two after."""
-        qkv = self.to_qkv(x).unflatten(-1, (3, self.heads, -1))  # (..., 3, h, d)
-        qkv = qkv.movedim(-3, 0).movedim(axis - 1, -2)  # (3, ..., h, L, d), other axes in order
-        q, k, v = qkv.reshape(3, -1, *qkv.shape[-3:])  # (N, h, L, d) each
-        out = attend_heads(q, k, v, mask, self.active_dropout)  # (N, h, L, d)
-        out = out.view(*qkv.shape[1:]).movedim(-2, axis - 1)  # (..., h, d), L back in place
-        return self.to_out(out.flatten(-2))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        return self.to_out(attend(q, k, v, self.heads, mask, self.active_dropout))
 
     def forward_locally(self, x: Tensor, relative_bias: Tensor, step_mask: Tensor) -> Tensor:
         """The same attention across steps, in blocks (``attend_locally``): (B * G, S, D)."""
@@ -435,24 +419,24 @@ class SpaceTimeLayer(nn.Module):
         bias = torch.where(allowed[:, None], bias, float("-inf"))  # (B or 1, heads, S, S)
         return bias if len(bias) == 1 else repeat(bias, "b h i j -> (b g) h i j", g=groups)
 
-    def forward(self, x: Tensor, step_mask: Tensor) -> Tensor:
-        """Tokens (B, S, G, D) of real steps ``step_mask`` (B, S) -> (B, S, G, D).
-
-        Across steps: over all the steps with a mask up to 8 windows of steps (training
-        windows: there the S x S scores cost no more than the blocks' overlap), in blocks
-        beyond (long clips, whose speed and memory tools/bench_throughput.py measures)."""
-        batch, steps, groups, _ = x.shape
-        x = x + self.space_attention(self.space_norm(x))
-        if self.window is None:
-            return x + self.mlp(x)
-        if steps <= 8 * self.window:
+    def attend_in_time(self, x: Tensor, step_mask: Tensor, groups: int) -> Tensor:
+        """Attention across steps, (B * G, S, D) -> (B * G, S, D): over all the steps with a
+        mask up to 8 windows of steps (training windows: there the S x S scores cost no more
+        than the blocks' overlap), in blocks beyond (long clips, whose speed and memory
+        tools/bench_throughput.py measures)."""
+        if x.shape[1] <= 8 * self.window:
             mask = self.time_bias(temporal_mask(step_mask, self.window), groups)
-            x = x + self.time_attention(self.time_norm(x), mask, axis=-3)
-        else:
+            return self.time_attention(x, mask)
+        return self.time_attention.forward_locally(x, self.relative_bias, step_mask)
+
+    def forward(self, x: Tensor, step_mask: Tensor) -> Tensor:
+        """Tokens (B, S, G, D) of real steps ``step_mask`` (B, S) -> (B, S, G, D)."""
+        batch, steps, groups, _ = x.shape
+        across_groups = rearrange(self.space_norm(x), "b s g d -> (b s) g d")
+        x = x + self.space_attention(across_groups).view(x.shape)
+        if self.window is not None:
             across_time = rearrange(self.time_norm(x), "b s g d -> (b g) s d")
-            across_time = self.time_attention.forward_locally(
-                across_time, self.relative_bias, step_mask
-            )
+            across_time = self.attend_in_time(across_time, step_mask, groups)
             x = x + rearrange(across_time, "(b g) s d -> b s g d", b=batch)
         return x + self.mlp(x)
 
@@ -821,16 +805,10 @@ class PartTokenizer(nn.Module):
 
 
 def _conv_frames(conv: nn.Conv1d, hidden: Tensor) -> Tensor:
-    """``conv`` (kernel 3, zero padding 1) over time, the same for every joint: (B, T, J, C)
-    -> (B, T, J, C). Computed in place as one matrix product of every frame with the three
-    taps, then each output frame adds its neighbours' taps: the same sums as the conv, without
-    moving the joints beside the batch and back (two copies that cost more than the conv)."""
-    taps = hidden @ rearrange(conv.weight, "o c k -> c (k o)")  # (B, T, J, 3 * C)
-    before, here, after = taps.unflatten(-1, (3, -1)).unbind(-2)  # (B, T, J, C) each
-    out = here + conv.bias.to(here.dtype)
-    out[:, 1:] += before[:, :-1]  # tap 0 reads the frame before
-    out[:, :-1] += after[:, 1:]  # tap 2 the frame after
-    return out
+    """A 1D conv over time, the same for every joint: (B, T, J, C) -> (B, T, J, C)."""
+    batch = hidden.shape[0]
+    out = conv(rearrange(hidden, "b t j c -> (b j) c t"))
+    return rearrange(out, "(b j) c t -> b t j c", b=batch)
 
 
 def _check_options(

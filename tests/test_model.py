@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_TOKENIZER
-from einops import rearrange
 
 from parttok import model as model_module
 from parttok.baselines import ConvVQ, ResidualConvVQ
@@ -20,9 +19,7 @@ from parttok.model import (
     SIX_PARTS,
     PartTokenizer,
     QueryPooling,
-    SelfAttention,
     SpaceTimeLayer,
-    _conv_frames,
     attend,
     attend_locally,
     temporal_mask,
@@ -473,56 +470,6 @@ def test_a_long_real_clip_encodes_and_decodes_as_through_the_full_mask(clips, mo
     monkeypatch.setattr(model_module, "attend_locally", full_mask)
     assert torch.equal(model.encode(batch, mask), codes)
     assert torch.allclose(model.decode(codes), decoded, atol=1e-4)
-
-
-@pytest.mark.parametrize("axis", [-2, -3])
-def test_self_attention_along_an_axis_is_attention_over_the_rearranged_tokens(axis):
-    """``SelfAttention`` along the groups (-2) or the steps (-3) of tokens (B, S, G, D), heads
-    split in place, gives what ``attend`` gives on the tokens rearranged to (N, L, D) with a
-    mask per row (padded steps): values and gradients, every weight non-zero."""
-    torch.manual_seed(-axis)
-    batch, steps, groups, heads = 2, 9, 5, 4
-    attention = SelfAttention(32, heads, 0.0)
-    for parameter in attention.parameters():
-        torch.nn.init.normal_(parameter, std=0.3)
-    tokens = torch.randn(batch, steps, groups, 32, requires_grad=True)
-    # the attended axis last but one, the others flattened into rows in order
-    pattern = "(b g) s d" if axis == -3 else "(b s) g d"
-    length, others = (steps, groups) if axis == -3 else (groups, steps)
-    mask = torch.rand(batch * others, 1, length, length) > 0.3
-    mask |= torch.eye(length, dtype=torch.bool)  # every token reads itself
-    q, k, v = attention.to_qkv(rearrange(tokens, f"b s g d -> {pattern}")).chunk(3, dim=-1)
-    read = attention.to_out(attend(q, k, v, heads, mask, 0.0))
-    expected = rearrange(read, f"{pattern} -> b s g d", b=batch, s=steps)
-    out = attention(tokens, mask, axis=axis)
-    assert out.shape == tokens.shape
-    assert torch.allclose(out, expected, atol=1e-5)
-    weights = torch.randn_like(out)
-    inputs = (tokens, attention.to_qkv.weight, attention.to_out.weight)
-    gradients = torch.autograd.grad((out * weights).sum(), inputs, retain_graph=True)
-    expected_gradients = torch.autograd.grad((expected * weights).sum(), inputs)
-    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
-        assert torch.allclose(gradient, expected_gradient, atol=1e-4)
-
-
-def test_frame_conv_as_one_product_is_the_conv_over_time():
-    """``_conv_frames`` (one matrix product with the three taps, neighbours added in place)
-    gives what its ``nn.Conv1d`` gives run over time per joint: values at the first, middle
-    and last frames (zero padding), and gradients for the input, the weights and the bias."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv1d(8, 8, 3, padding=1)
-    hidden = torch.randn(2, 11, 5, 8, requires_grad=True)  # (B, T, J, C)
-    expected = rearrange(
-        conv(rearrange(hidden, "b t j c -> (b j) c t")), "(b j) c t -> b t j c", b=2
-    )
-    out = _conv_frames(conv, hidden)
-    assert torch.allclose(out, expected, atol=1e-5)
-    weights = torch.randn_like(out)
-    inputs = (hidden, conv.weight, conv.bias)
-    gradients = torch.autograd.grad((out * weights).sum(), inputs, retain_graph=True)
-    expected_gradients = torch.autograd.grad((expected * weights).sum(), inputs)
-    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
-        assert torch.allclose(gradient, expected_gradient, atol=1e-4)
 
 
 def test_part_queries_folded_into_the_key_map_read_what_keys_and_values_give():
