@@ -217,6 +217,19 @@ VARIANTS = {
         + ("--model.model.init_args.dim", "192", "--trainer.precision", "bf16-mixed")
         + ("--model.model.init_args.code_dim", "16"),
     ),
+    "oversample_6_crouch_jump_tilt_width_192_bf16_fast_turns_code_dim_16_jitter": (
+        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, turns "
+        "in as few as 4 frames, 16-dimensional codes, and every joint bent up to 15 degrees "
+        "about a random axis in half the augmented windows: poses no clip holds, for codebooks "
+        "that cost unseen poses 8.5 mm",
+        OVERSAMPLE_6
+        + (
+            "--data.augment",
+            "{crouch: 0.3, jump: 0.2, tilt: 0.2, turn_frames: [4.0, 40.0], jitter: 0.5}",
+        )
+        + ("--model.model.init_args.dim", "192", "--trainer.precision", "bf16-mixed")
+        + ("--model.model.init_args.code_dim", "16"),
+    ),
     "oversample_6_crouch_jump_tilt_width_192_fast": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, and faster motion: "
         "played up to 1.6x as fast (not 1.33x), limbs swung, squats and tilts made in as few "
