@@ -302,16 +302,21 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
                 "results": results, **changes}  # fmt: skip
 
     first = {"base": entry("base", 14.0, "aa"), "fsq": entry("fsq", 15.0, "bb")}
-    # recorded before the model took cosine_codes: it trained as its default does now
+    # recorded before the model took cosine_codes and the augmentation jitter (a field of a
+    # dataclass given as a dict): it trained as their defaults do now
     del first["base"]["settings"]["model"]["model"]["init_args"]["cosine_codes"]
+    del first["fsq"]["settings"]["data"]["augment"]["jitter"]
     cosine = entry("augment_80", 1.0, "ab")  # ... but not one with that argument set otherwise
     cosine["settings"]["model"]["model"]["init_args"]["cosine_codes"] = True
+    jittered = entry("oversample_6_dropout", 1.0, "ac")
+    jittered["settings"]["data"]["augment"]["jitter"] = 0.5
     assert recipe.update_record(out, 3000, sets, splits, first).keys() == first.keys()
     newer = {
         "fsq": entry("fsq", 16.0, "cc"),
         "seed_1": entry("seed_1", 1.0, "dd", held_out={**sets, "cmu_val": {"b": 0, "d": 0}}),
         "no_mirroring": entry("no_mirroring", 1.0, "ee", splits={"bandai": "other"}),
         "augment_80": cosine,
+        "oversample_6_dropout": jittered,
         "oversample_6": entry(
             "oversample_6", 1.0, "ff", settings=recipe.recipe_of("no_mirroring")["settings"]
         ),

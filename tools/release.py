@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -231,12 +233,23 @@ def _with_defaults(arguments: dict, cls: type) -> dict:
         if key not in arguments and _plain(parameter.default)
     }
     filled = {**arguments, **defaults}
+    hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
     for key, value in filled.items():
         if isinstance(value, dict) and isinstance(value.get("init_args"), dict):
             nested = _class_at(value["class_path"])
             if nested is not None:  # a class the code no longer has keeps its recorded arguments
                 filled[key] = {**value, "init_args": _with_defaults(value["init_args"], nested)}
+        elif isinstance(value, dict) and (fields := _dataclass_in(hints.get(key))) is not None:
+            filled[key] = _with_defaults(value, fields)  # a dataclass given as a dict (augment)
     return filled
+
+
+def _dataclass_in(hint: object) -> type | None:
+    """The dataclass a type hint names or holds in a union (``Augmentation | dict | None``)."""
+    for candidate in typing.get_args(hint) or (hint,):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
 
 
 def _class_at(class_path: str) -> type | None:
