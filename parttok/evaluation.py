@@ -11,7 +11,11 @@ from parttok.tokenizer import Tokenizer
 
 
 def evaluate_clips(
-    tokenizer: Tokenizer, clips: dict[str, np.ndarray], batch_size: int = 32, quantize: bool = True
+    tokenizer: Tokenizer,
+    clips: dict[str, np.ndarray],
+    batch_size: int = 32,
+    quantize: bool = True,
+    refine: int = 0,
 ) -> dict:
     """Metrics of ``tokenizer`` on named raw feature clips (T, 263).
 
@@ -20,12 +24,15 @@ def evaluate_clips(
     frame: MPJPE without the drift of the facing the root's turning speed integrates to;
     ``facing_error_deg`` is that drift, the mean angle between the facings in degrees.
     ``quantize`` False measures the model with its codebooks bypassed
-    (``Tokenizer.reconstruct_batch``): no codes, so no codebook statistics.
+    (``Tokenizer.reconstruct_batch``): no codes, so no codebook statistics. ``refine``: codes
+    chosen through the decoder among that many nearest (``Tokenizer.encode_batch``).
     """
     names = list(clips)
     start = time.perf_counter()
     if quantize:
-        codes = tokenizer.encode_batch([clips[n] for n in names], batch_size=batch_size)
+        codes = tokenizer.encode_batch(
+            [clips[n] for n in names], batch_size=batch_size, refine=refine
+        )
         reconstructions = tokenizer.decode_batch(codes, batch_size=batch_size)
     else:
         reconstructions = tokenizer.reconstruct_batch(
@@ -46,6 +53,7 @@ def evaluate_clips(
     report["parts"] = list(tokenizer.parts)
     report["checkpoint"] = tokenizer.identity
     report["precision"] = tokenizer.precision
+    report["refine"] = refine
     report["round_trip_frames_per_second"] = report["frames"] / max(seconds, 1e-9)
     if tokenizer.is_quantized and quantize:
         report.update(codebook_statistics(codes, tokenizer.codebook_size, list(tokenizer.parts)))

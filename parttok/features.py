@@ -231,13 +231,16 @@ def _facing(features: Tensor) -> Tensor:
     return 2.0 * torch.cumsum(shifted, dim=-1)
 
 
-def facing_frame_joints(features: np.ndarray) -> np.ndarray:
-    """(T, 263) -> (T, 22, 3): each frame's joints relative to its pelvis in its own facing
-    frame (the ric slice), so no error in the integrated facing carries over to later frames."""
-    joints = np.zeros((len(features), NUM_JOINTS, 3))  # the pelvis at the origin
-    joints[:, 1:] = features[:, RIC].reshape(len(features), NUM_JOINTS - 1, 3)  # root at height
-    joints[:, 1:, 1] -= features[:, ROOT_HEIGHT.start, None]
-    return joints
+def facing_frame_joints(features: ArrayOrTensor) -> ArrayOrTensor:
+    """(..., T, 263) -> (..., T, 22, 3): each frame's joints relative to its pelvis in its own
+    facing frame (the ric slice), so no error in the integrated facing carries over to later
+    frames (numpy in float64; torch differentiable)."""
+    if isinstance(features, np.ndarray):
+        source = torch.from_numpy(np.asarray(features, dtype=np.float64))
+        return facing_frame_joints(source).numpy()
+    ric = features[..., RIC].unflatten(-1, (NUM_JOINTS - 1, 3))  # (..., T, 21, 3), root at height
+    height = torch.nn.functional.pad(features[..., ROOT_HEIGHT, None], (1, 1))  # (..., T, 1, 3)
+    return torch.nn.functional.pad(ric - height, (0, 0, 1, 0))  # the pelvis at the origin
 
 
 def compute_statistics(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -105,13 +105,15 @@ def encode_files(
     rig: str = "auto",
     checkpoint_source: str = "",
     options: RunOptions = RunOptions(),
+    refine: int = 0,
 ) -> list[tuple[FileJob, str]]:
     """Encode clip files (BVH, feature or joint ``.npy``) into token files; returns the
     failed jobs with their messages. ``checkpoint_source`` (where the tokenizer was loaded
-    from) goes into the token files for error messages."""
+    from) goes into the token files for error messages; ``refine`` as in
+    ``Tokenizer.encode_batch``."""
     task = _Task(
         load=_ClipLoader(rig, tokenizer.frames_per_step),
-        run=_encode_batch,
+        run=partial(_encode_batch, refine=refine),
         write=partial(_write_tokens, tokenizer, checkpoint_source),
         description="encoding",
     )
@@ -336,8 +338,10 @@ class _TokenLoader:
         return tokens
 
 
-def _encode_batch(tokenizer: Tokenizer, clips: list[np.ndarray]) -> list[np.ndarray]:
-    return tokenizer.encode_batch(clips, batch_size=len(clips))
+def _encode_batch(
+    tokenizer: Tokenizer, clips: list[np.ndarray], refine: int = 0
+) -> list[np.ndarray]:
+    return tokenizer.encode_batch(clips, batch_size=len(clips), refine=refine)
 
 
 def _decode_batch(tokenizer: Tokenizer, token_files: list[TokenFile]) -> list[np.ndarray]:

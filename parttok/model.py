@@ -139,10 +139,14 @@ def in_float32(forward: Callable) -> Callable:
     return wrapped
 
 
-def nearest_codes(vectors: Tensor, codebooks: Tensor) -> Tensor:
-    """Index of the nearest code (Euclidean) per group: (..., G, d), (G, K, d) -> (..., G)."""
+def nearest_codes(vectors: Tensor, codebooks: Tensor, count: int | None = None) -> Tensor:
+    """Index of the nearest code (Euclidean) per group: (..., G, d), (G, K, d) -> (..., G); or
+    the ``count`` nearest, nearest first: (..., G, count)."""
     dot = torch.einsum("...gd,gkd->...gk", vectors, codebooks)
-    return (codebooks.square().sum(dim=-1) - 2 * dot).argmin(dim=-1)
+    distances = codebooks.square().sum(dim=-1) - 2 * dot  # (..., G, K), up to a constant
+    if count is None:
+        return distances.argmin(dim=-1)
+    return distances.topk(count, dim=-1, largest=False).indices
 
 
 def lookup_codes(codes: Tensor, codebooks: Tensor) -> Tensor:
@@ -745,6 +749,22 @@ class PartTokenizer(nn.Module):
             if self.quantizer is None:
                 return latents
             return self.quantizer(latents, step_mask)[1]
+
+    @torch.no_grad()
+    def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
+        """(B, T, 263) -> the ``count`` nearest codes of each part at each step, nearest first
+        (the first are ``encode``'s): (B, S, P, count) long, -1 at padded steps. Codebooks
+        only (VQ): FSQ rounds its latents, continuous mode has no codes."""
+        if self.quantizer is None or self.quantizer.kind != "vq":
+            raise ValueError("candidate codes need codebooks: a VQ model (not FSQ or continuous)")
+        with evaluating(self):
+            mask = check_batch(features, mask, self.frames_per_step)
+            step_mask = step_mask_from(mask, self.frames_per_step)
+            latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)
+            with torch.autocast(latents.device.type, enabled=False):  # distances in float32
+                codebooks = self.quantizer.codebook_vectors().float()
+                codes = nearest_codes(latents.float(), codebooks, count)
+            return codes.masked_fill(~step_mask[..., None, None], -1)
 
     @torch.no_grad()
     def decode(self, codes: Tensor, mask: Tensor | None = None) -> Tensor:

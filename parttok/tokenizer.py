@@ -19,6 +19,7 @@ from parttok.errors import CheckpointError, InputError
 from parttok.features import FEATURE_DIM, FPS, check_features
 from parttok.io import atomic_path, slow_bfloat16, write_text
 from parttok.model import evaluating
+from parttok.refine import refine_codes
 
 FORMAT_NAME = "parttok-tokenizer"
 FORMAT_VERSION = 1
@@ -154,14 +155,25 @@ class Tokenizer:
         return self.decode(self.encode(features))
 
     @torch.inference_mode()
-    def encode_batch(self, clips: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
-        """Encode clips of different lengths; padding and masks are handled inside."""
+    def encode_batch(
+        self, clips: list[np.ndarray], batch_size: int = 32, refine: int = 0
+    ) -> list[np.ndarray]:
+        """Encode clips of different lengths; padding and masks are handled inside. ``refine``
+        > 0 tries that many of the nearest codes per part and step through the decoder and
+        keeps those that reconstruct best (``parttok.refine``: slower, the same tokens)."""
+        if refine < 0:
+            raise ValueError(f"refine must be 0 (nearest codes) or a number of codes, got {refine}")
         prepared = self._normalised(clips)
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        for batch in length_batches([len(c) for c in prepared], batch_size, BATCH_FRAMES):
+        frames = BATCH_FRAMES // (refine + 1)  # refining decodes refine + 1 copies at once
+        for batch in length_batches([len(c) for c in prepared], batch_size, frames):
             features, mask = self._padded(prepared, batch)
             with self._autocast():
-                codes = self.model.encode(features, mask)  # (B, S, P) or (B, S, P, D)
+                if refine:
+                    mean, std = (torch.from_numpy(t).to(self.device) for t in (self.mean, self.std))
+                    codes = refine_codes(self.model, features, mask, mean, std, refine)
+                else:
+                    codes = self.model.encode(features, mask)  # (B, S, P) or (B, S, P, D)
             codes = (codes if codes.dtype == torch.long else codes.float()).cpu().numpy()
             for row, i in enumerate(batch):
                 results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]

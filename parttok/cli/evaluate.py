@@ -6,7 +6,7 @@ import argparse
 import json
 
 from parttok.cli.common import exit_status, process_batch
-from parttok.cli.encode import add_precision_argument
+from parttok.cli.encode import add_precision_argument, add_refine_argument
 from parttok.evaluation import evaluate_clips, format_table
 from parttok.io import write_text
 from parttok.sources import find_clips, load_clip_features
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
     parser.add_argument("--batch-size", type=int, default=32)
     add_precision_argument(parser)
+    add_refine_argument(parser)
     parser.add_argument("--report", help="also write a markdown report with figures to this folder")
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not usable:
         print("no usable clips to evaluate")
         return 2
-    report = evaluate_clips(tokenizer, usable, batch_size=args.batch_size)
+    report = evaluate_clips(tokenizer, usable, batch_size=args.batch_size, refine=args.refine)
     report["failed"] = [{"clip": str(clip.path), "error": error} for clip, error in failed]
     print(format_table(report))
     if args.json:
