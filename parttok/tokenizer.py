@@ -141,18 +141,18 @@ class Tokenizer:
         return self.num_parts * float(np.log2(self.codebook_size)) * self.fps / self.frames_per_step
 
     # --- numpy API -----------------------------------------------------------------------
-    def encode(self, features: np.ndarray) -> np.ndarray:
+    def encode(self, features: np.ndarray, refine: int = 0) -> np.ndarray:
         """Raw features (T, 263) -> codes (T // frames_per_step, P) int64 (continuous mode:
-        part features (S, P, D) float32)."""
-        return self.encode_batch([features])[0]
+        part features (S, P, D) float32); ``refine`` as in ``encode_batch``."""
+        return self.encode_batch([features], refine=refine)[0]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes (S, P) -> raw features (S * frames_per_step, 263) float32."""
         return self.decode_batch([codes])[0]
 
-    def reconstruct(self, features: np.ndarray) -> np.ndarray:
+    def reconstruct(self, features: np.ndarray, refine: int = 0) -> np.ndarray:
         """Features -> codes -> features, the round trip evaluation measures."""
-        return self.decode(self.encode(features))
+        return self.decode(self.encode(features, refine=refine))
 
     @torch.inference_mode()
     def encode_batch(

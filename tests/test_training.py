@@ -744,7 +744,7 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
     sets = {"bandai_val": {"a": 0}, "cmu_val": {"b": 0}, "humanml3d": {"c": 0}}
     validation = {"shipped": 26.0, "better": 25.0, "worse": 27.0}
 
-    def measure(tokenizer: SimpleNamespace, measured_sets: dict) -> dict:
+    def measure(tokenizer: SimpleNamespace, measured_sets: dict, refine: int = 0) -> dict:
         error = validation[tokenizer.identity]
         return {
             name: {"mpjpe_mm": error, "clip_digest": release.clip_digest(clips)}
@@ -805,6 +805,11 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
         text.replace("\n", " ")
     )
     assert text.endswith("Released by hand (`--force`) because held-out actions gain.")
+    assert release.refined_text(shipped_results) == ""  # no refined codes measured
+    refined = {"refine": 8, "mpjpe_mm": 39.31, "pa_mpjpe_mm": 34.4, "facing_mpjpe_mm": 39.1}
+    paragraph = release.refined_text({"humanml3d": {"refined": refined}}).replace("\n", " ")
+    assert "among the 8 nearest (`--refine 8`" in paragraph
+    assert "humanml3d 39.3 (PA 34.4, facing 39.1)" in paragraph
     unfit["why"] = "it trained on other splits"
     assert release_run("better") == 1  # not comparable: refused unless forced
     assert release_run("better", "--force", "--reason", "the splits changed") == 0
@@ -819,6 +824,10 @@ def test_release_replaces_the_shipped_model_only_when_better_or_forced_with_a_re
     unfit["why"] = None
     assert release_run("shipped", "--force", "--reason", "the card is redone") == 0
     assert recorded()["replaced"] is None  # the same weights replace nothing new
+    was = {"note": "in bf16", "date": "2026-01-02", "replaced": {"identity": "old", "score": 30.0}}
+    shipped_metrics = json.dumps({"training": was, "results": shipped_results})
+    assert release_run("shipped") == 0  # the card redone keeps how the model was trained
+    assert {key: recorded()[key] for key in was} == was
     trained_with["seed_everything"] = 1
     assert release_run("better", "--minutes", "20") == 0  # the run's budget, not this one
     assert recorded()["command"].endswith("--train --steps 3000 --minutes 55 --seed 1")

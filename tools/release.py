@@ -315,10 +315,20 @@ def evaluation_sets(data: Path, shared: Path) -> dict[str, dict]:
     }
 
 
-def measure(tokenizer: Tokenizer, sets: dict) -> dict:
+# Candidates per part and step the card's refined codes are chosen among (``--refine``).
+REFINE = 8
+
+
+def measure(tokenizer: Tokenizer, sets: dict, refine: int = 0) -> dict:
+    """Each set's evaluation report through the nearest codes; with ``refine``, also the
+    errors through codes refined among that many (``parttok.refine``) under "refined"."""
     results = {}
     for name, clips in sets.items():
         report = evaluate_clips(tokenizer, clips)
+        if refine:
+            refined = evaluate_clips(tokenizer, clips, refine=refine)
+            keys = ("refine", "mpjpe_mm", "pa_mpjpe_mm", "facing_mpjpe_mm")
+            report["refined"] = {key: refined[key] for key in keys}
         rows = report.pop("per_clip")
         if len(rows) <= 10:  # a few clips: keep each one's figure
             report["per_clip_mpjpe_mm"] = {row["clip"]: row["mpjpe_mm"] for row in rows}
@@ -358,6 +368,7 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
         for name, r in results.items()
     )
     parts = results["humanml3d"]["per_part_mpjpe_mm"]
+    per_part = ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
     clips = results["humanml3d"].get("per_clip_mpjpe_mm", {})
     parameters = sum(p.numel() for p in tokenizer.model.parameters())
     world, facing = (results["humanml3d"][key] for key in ("mpjpe_mm", "facing_mpjpe_mm"))
@@ -413,7 +424,7 @@ the test, never chosen on.{choice_text(results, training)}
 |---|---|---|---|---|---|---|---|
 {rows}
 
-Per-part MPJPE on the HumanML3D clips (mm): {", ".join(f"{k} {v:.1f}" for k, v in parts.items())}.
+{refined_text(results)}Per-part MPJPE on the HumanML3D clips (mm): {per_part}.
 Per clip (mm): {", ".join(f"{k} {v:.1f}" for k, v in clips.items()) or "not kept (over 10 clips)"}.
 In each frame's own facing frame the HumanML3D error is {facing:.1f} mm{drift}
 (HumanML3D's smoothed facing turns up to 28 degrees in one frame in the tennis serve 012314;
@@ -435,6 +446,29 @@ same recipe trained with another seed can differ by several millimetres there (B
 - The HumanML3D clips (from AMASS, non-commercial research only) were used for evaluation
   only, never for training.
 """
+
+
+def refined_text(results: dict) -> str:
+    """The card's paragraph on codes refined through the decoder, if they were measured."""
+    refined = {name: r["refined"] for name, r in results.items() if "refined" in r}
+    if not refined:
+        return ""
+    count = next(iter(refined.values()))["refine"]
+    figures = "; ".join(
+        f"{name} {r['mpjpe_mm']:.1f} (PA {r['pa_mpjpe_mm']:.1f}, facing {r['facing_mpjpe_mm']:.1f})"
+        for name, r in refined.items()
+    )
+    return (
+        textwrap.fill(
+            f"Through codes refined among the {count} nearest (`--refine {count}`, "
+            "`parttok.refine`: each step's candidates tried through the decoder, the root's "
+            f"codes kept; the same tokens at the same bits per second), MPJPE (mm): {figures}. "
+            'Encoding then runs about a hundred times slower (BENCHMARKS.md, "Refined codes").',
+            width=95,
+            break_on_hyphens=False,
+        )
+        + "\n\n"
+    )
 
 
 def differed(training: dict) -> str:
@@ -506,17 +540,19 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     candidate = Tokenizer.from_pretrained(args.run / "tokenizer")
     sets = evaluation_sets(args.data, args.shared)
-    results = measure(candidate, sets)
+    results = measure(candidate, sets, refine=REFINE)
     print(json.dumps({name: round(r["mpjpe_mm"], 1) for name, r in results.items()}))
     shipped_metrics = PRETRAINED_DIR / METRICS
     replaced = None  # the shipped model's identity, and its score when the two compare
+    redone: dict = {}  # the card of the shipped model redone: how it was trained stays
     if shipped_metrics.is_file():
         shipped_record = json.loads(shipped_metrics.read_text())
         recorded = shipped_record["results"]
         comparable = same_sets(recorded, sets) and not unfit
         shipped = Tokenizer.from_pretrained(PRETRAINED_DIR)
         if shipped.identity == candidate.identity:  # the card redone: what it replaced stays
-            replaced = shipped_record.get("training", {}).get("replaced")
+            redone = shipped_record.get("training", {})
+            replaced = redone.get("replaced")
         elif comparable:
             replaced = {"identity": shipped.identity, "score": score(measure(shipped, sets))}
         else:
@@ -548,8 +584,8 @@ def main() -> int:
         "seconds": config["training"].get("seconds", seconds or args.minutes * 60),
         "steps": config["training"].get("global_step"),
         "machine": f"{machine_description()}, no GPU",
-        "date": datetime.date.today().isoformat(),
-        "note": args.note,
+        "date": redone.get("date", datetime.date.today().isoformat()),
+        "note": args.note or redone.get("note", ""),
         "reason": args.reason,
         "replaced": replaced,
         "folders": folders_text(data),
