@@ -190,6 +190,7 @@ class InstructSettings:
     min_frames: int = 20
     camera: Camera = field(default_factory=Camera)
     random_azimuth: bool = True  # otherwise camera.azimuth for every pose
+    refine: int = 0  # codes chosen among that many nearest through the decoder (parttok.refine)
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,9 @@ class ConversationBuilder:
             (c, r) for c, r in zip(captions, ranges, strict=True) if r[1] - r[0] >= self._min_frames
         ]
         segments = sorted({r for _, r in usable} | ({whole} if "predict" in self.tasks else set()))
-        encoded = self.tokenizer.encode_batch([features[a:b] for a, b in segments])
+        encoded = self.tokenizer.encode_batch(
+            [features[a:b] for a, b in segments], refine=self.settings.refine
+        )
         codes = dict(zip(segments, encoded, strict=True))
         records: list[dict] = []
         for task in self.tasks:
@@ -331,7 +334,8 @@ class ConversationBuilder:
             camera = Camera(**(asdict(camera) | {"azimuth": round(rng.uniform(0.0, 360.0), 1)}))
         pixels = camera.project(pose_joints(features[frame : frame + 1])[0])  # (22, 2)
         pose = codes_to_text(
-            self.pose_tokenizer.encode(features[frame : frame + 1]), self.pose_vocab
+            self.pose_tokenizer.encode(features[frame : frame + 1], refine=self.settings.refine),
+            self.pose_vocab,
         )
         if self.settings.pose_input == "image":
             record = self._conversation(

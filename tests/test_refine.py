@@ -13,10 +13,13 @@ from conftest import small_tokenizer
 
 from parttok.baselines import ConvVQ
 from parttok.cli import main
+from parttok.data import HumanML3DFolder
+from parttok.instruct import InstructSettings, build_conversations
 from parttok.metrics import clip_metrics, summarize
 from parttok.model import FIVE_PARTS, PartTokenizer
 from parttok.refine import _JointError, refine_codes
 from parttok.tokenizer import Tokenizer
+from parttok.tokens import codes_to_text
 
 CLIPS = ("000000", "007005", "012314", "M010655")
 
@@ -138,3 +141,19 @@ def test_evaluate_and_encode_take_refine(humanml3d_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", str(clip), "--refine", "many"])
     assert "expected a whole number of codes >= 0, got 'many'" in capsys.readouterr().err
+
+
+def test_instruction_data_carries_refined_codes(humanml3d_dir, shipped):
+    """``InstructSettings(refine=N)`` (``parttok instruct --refine N``) writes the refined
+    codes of the captioned clip into its text-to-motion answers."""
+    folder = HumanML3DFolder(humanml3d_dir)
+    plain, refined = (
+        build_conversations(
+            [humanml3d_dir], shipped, settings=InstructSettings(tasks=("t2m",), refine=n)
+        )
+        for n in (0, 3)
+    )
+    pairs = list(zip(plain.records, refined.records, strict=True))
+    assert pairs and all(a["user"] == b["user"] for a, b in pairs)
+    whole = codes_to_text(shipped.encode(folder.features("000000"), refine=3))  # 0#0: whole clip
+    assert all(whole in b["assistant"] and whole not in a["assistant"] for a, b in pairs)

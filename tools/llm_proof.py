@@ -65,6 +65,7 @@ class ProofConfig:
     samples: int = 4  # held-out captions generated from, greedy and sampled each
     max_new_tokens: int | None = None  # default: the longest training answer + one step
     seed: int = 0
+    refine: int = 0  # motion codes chosen among that many nearest (``parttok.refine``)
     threads: int | None = None
     width: int = 64  # GPT-2 embedding width
     layers: int = 2
@@ -378,7 +379,9 @@ def run_proof(config: ProofConfig) -> dict:
         else Tokenizer.from_pretrained(config.checkpoint)
     )
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    settings = InstructSettings(tasks=("t2m", "caption", "predict"), seed=config.seed)
+    settings = InstructSettings(
+        tasks=("t2m", "caption", "predict"), seed=config.seed, refine=config.refine
+    )
     report = build_conversations([folder], tokenizer, settings=settings)
     print(summary(report), file=sys.stderr)
     train_records, heldout_records = split_clips(report.records, config.seed)
@@ -541,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4, help="held-out prompts generated from")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine", type=int, default=0, help="codes refined among N nearest")
     parser.add_argument("--out", type=Path, default=Path("llm-proof"), help="output folder")
     parser.add_argument(
         "--benchmarks",
@@ -559,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         samples=args.samples,
         seed=args.seed,
+        refine=args.refine,
     )
     try:
         figures = run_proof(config)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from parttok.cli.common import exit_status
+from parttok.cli.common import add_refine_argument, exit_status
 from parttok.inference import RunOptions, encode_files, output_jobs
 from parttok.sources import find_clips
 from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, TOKEN_SUFFIX, save_projector
@@ -22,25 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
     add_refine_argument(parser)
     add_run_arguments(parser)
-
-
-def add_refine_argument(parser: argparse.ArgumentParser) -> None:
-    """--refine, for every command that encodes."""
-    parser.add_argument(
-        "--refine",
-        type=refine_count,
-        default=0,
-        metavar="N",
-        help="try each step's N nearest codes per part through the decoder and keep the best "
-        "(8: 13-14%% less MPJPE on held-out clips, encoding 100x slower; 0: nearest codes)",
-    )
-
-
-def refine_count(text: str) -> int:
-    """A --refine value: a whole number >= 0."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number of codes >= 0, got {text!r}")
-    return int(text)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from parttok.cli.common import exit_status, process_batch
-from parttok.cli.encode import add_precision_argument, add_refine_argument
+from parttok.cli.common import add_refine_argument, exit_status, process_batch
+from parttok.cli.encode import add_precision_argument
 from parttok.evaluation import evaluate_clips, format_table
 from parttok.io import write_text
 from parttok.sources import find_clips, load_clip_features

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from parttok.cli.common import add_refine_argument
 from parttok.errors import InputError
 
 DEFAULT_TASKS = "t2m,caption,pose,predict"  # parttok.instruct.TASKS, without importing torch
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="camera azimuth in degrees, 0 = in front (default: random per pose)",
     )
+    add_refine_argument(parser)
     parser.add_argument("-f", "--force", action="store_true", help="overwrite the output")
 
 
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             azimuth=args.azimuth or 0.0,
         ),
         random_azimuth=args.azimuth is None,
+        refine=args.refine,
     )
     templates = load_templates(args.templates)
     tokenizer = Tokenizer.from_pretrained(args.checkpoint)
