@@ -558,6 +558,15 @@ def test_compare_measures_a_trained_run_and_tables_its_unseen_clips_by_source(
     assert results["parttok"]["precision"] == "bf16-mixed"
     assert "every model trained in bf16-mixed precision" in text
     assert f" --out {out}`" in text  # not the default folder
+    refined = evaluate_runs(["parttok"], out, sets, converted.parent, refine=2)
+    assert refined.keys() == {"parttok", "parttok_refined"}  # the same run through refined codes
+    assert refined["parttok_refined"]["refine"] == 2
+    assert refined["parttok_refined"]["steps"] == results["parttok"]["steps"]
+    assert refined["parttok_refined"]["unseen"]["by_source"].keys() == unseen["by_source"].keys()
+    text = markdown(refined, SimpleNamespace(**vars(args), refine=2), sets)
+    assert "\n| parttok, 6 parts x 512, codes refined among 2 | " in text
+    assert "parttok, 6 parts x 512, codes refined among 2 against parttok:" in text
+    assert f" --out {out} --refine 2`" in text
 
 
 def test_compare_keeps_one_section_and_one_folder_per_budget(monkeypatch, tmp_path):

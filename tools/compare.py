@@ -156,9 +156,14 @@ def evaluation_sets(data: Path, shared: Path) -> dict[str, dict[str, np.ndarray]
     return {"in_distribution": in_distribution, "unseen": unseen}
 
 
-def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> dict:
+def evaluate_runs(
+    names: list[str], out: Path, sets: dict, data_root: Path, refine: int = 0
+) -> dict:
     """Measure every run of ``names`` with an exported tokenizer that trained on the current
-    splits (on others, the held-out sets would count clips it trained on)."""
+    splits (on others, the held-out sets would count clips it trained on). With ``refine``,
+    a parttok run with codebooks is also measured through codes refined among that many
+    (``parttok.refine``), as ``<name>_refined``: the same run, the same tokens, a slower
+    encoder."""
     current = training_splits(data_root)
     trained = []
     for name in names:
@@ -186,12 +191,34 @@ def evaluate_runs(names: list[str], out: Path, sets: dict, data_root: Path) -> d
             "steps": config["training"].get("global_step"),
             **{key: evaluate_clips(tokenizer, clips) for key, clips in sets.items()},
         }
-        for key in sets:
-            rows = results[name][key].pop("per_clip")
-            if key == "unseen":
-                results[name][key]["by_source"] = by_source(rows)
+        refinable = refine and hasattr(tokenizer.model, "candidate_codes")
+        if refinable and tokenizer.model.quantizer.kind == "vq":
+            results[f"{name}{REFINED}"] = {
+                **{key: value for key, value in results[name].items() if key not in sets},
+                "refine": refine,
+                **{
+                    key: evaluate_clips(tokenizer, clips, refine=refine)
+                    for key, clips in sets.items()
+                },
+            }
+        for measured in (name, f"{name}{REFINED}"):
+            for key in sets if measured in results else ():
+                rows = results[measured][key].pop("per_clip")
+                if key == "unseen":
+                    results[measured][key]["by_source"] = by_source(rows)
         print(f"{name}: {json.dumps({k: results[name][k]['mpjpe_mm'] for k in sets})}")
     return results
+
+
+REFINED = "_refined"  # a run measured through refined codes (``--refine``)
+
+
+def label(name: str, results: dict) -> str:
+    """How the tables name a run's row."""
+    if name.endswith(REFINED):
+        base = name.removesuffix(REFINED)
+        return f"{LABELS[base]}, codes refined among {results[name]['refine']}"
+    return LABELS[name]
 
 
 # Where an unseen clip comes from, by the prefix evaluation_sets gives its id (Bandai's have
@@ -277,19 +304,25 @@ def summary(results: dict) -> list[str]:
         if not runs:
             continue
         best = min(runs, key=lambda name: results[name]["in_distribution"]["mpjpe_mm"])
-        lines.append(
-            f"parttok against {LABELS[best]} (the better of its runs): "
-            f"{_against(ours, results[best])}."
-        )
+        for name in ("parttok", f"parttok{REFINED}"):
+            if name in results:
+                lines.append(
+                    f"{'parttok' if name == 'parttok' else label(name, results)} against "
+                    f"{LABELS[best]} (the better of its runs): "
+                    f"{_against(results[name], results[best])}."
+                )
     for name in results:
         if name.startswith("parttok_"):
-            lines.append(f"{LABELS[name]} against parttok: {_against(results[name], ours)}.")
+            lines.append(
+                f"{label(name, results)} against parttok: {_against(results[name], ours)}."
+            )
     for baseline in results:
         if baseline.startswith("parttok") or baseline not in OWN_AUGMENTATION:
             continue
         for name in results:
             if name.startswith("parttok_") and (
                 OWN_AUGMENTATION.get(name) == OWN_AUGMENTATION[baseline]
+                and not name.endswith(REFINED)
             ):
                 lines.append(
                     f"{LABELS[name]} against {LABELS[baseline]}: "
@@ -305,7 +338,8 @@ def precisions_text(results: dict) -> str:
     if len(precisions) == 1:
         return f"every model trained in {precisions.pop()} precision"
     return "precision " + ", ".join(
-        f"{LABELS[name]} {result.get('precision', '32-true')}" for name, result in results.items()
+        f"{label(name, results)} {result.get('precision', '32-true')}"
+        for name, result in results.items()
     )
 
 
@@ -340,7 +374,8 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
         heading(minutes, augment),
         "",
         f"Command: `python tools/compare.py --minutes {minutes:g} --threads {threads} "
-        f"--parallel {parallel}{' --augment' if augment else ''}{models}{folder}` "
+        f"--parallel {parallel}{' --augment' if augment else ''}{models}{folder}"
+        f"{f' --refine {refine}' if (refine := getattr(args, 'refine', 0)) else ''}` "
         "(after `python tools/prepare_data.py`).",
         f"Machine: {machine_description()}, no GPU, torch {torch.__version__}; "
         f"date {datetime.date.today().isoformat()}. Each model trained {minutes:g} minutes of "
@@ -369,7 +404,8 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
         bits = seen["bits_per_second"]
         usage = np.mean(list(seen["usage"].values())) if "usage" in seen else float("nan")
         lines.append(
-            f"| {LABELS[name]} | {'continuous' if bits == float('inf') else f'{bits:.0f}'} | "
+            f"| {label(name, results)} | "
+            f"{'continuous' if bits == float('inf') else f'{bits:.0f}'} | "
             f"{result['parameters'] / 1e6:.2f} M | {result['steps']} | {seen['mpjpe_mm']:.1f} | "
             f"{seen['pa_mpjpe_mm']:.1f} | {unseen['mpjpe_mm']:.1f} | "
             f"{unseen['facing_mpjpe_mm']:.1f} | {unseen['pa_mpjpe_mm']:.1f} | "
@@ -389,7 +425,7 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
     for name, result in results.items():
         rows = result["unseen"]["by_source"]
         lines.append(
-            f"| {LABELS[name]} | "
+            f"| {label(name, results)} | "
             + " | ".join(
                 f"{rows[s]['mpjpe_mm']:.1f} ({rows[s]['facing_mpjpe_mm']:.1f})" for s in sources
             )
@@ -400,7 +436,8 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
     lines += ["| tokenizer | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
     for name, result in results.items():
         values = result["unseen"]["per_part_mpjpe_mm"]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{values[p]:.1f}" for p in parts) + " |")
+        row = " | ".join(f"{values[p]:.1f}" for p in parts)
+        lines.append(f"| {label(name, results)} | {row} |")
     return "\n".join(lines) + "\n"
 
 
@@ -422,6 +459,13 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="+", choices=list(MODELS), help="train only these (evaluate all --models)"
     )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure parttok through codes refined among N (parttok.refine)",
+    )
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args()
     args.out = (args.out or REPO / "runs" / run_name(args.minutes, args.augment)).resolve()
@@ -442,7 +486,7 @@ def main() -> int:
         )
     torch.set_num_threads(os.cpu_count() or 1)
     sets = evaluation_sets(args.data, args.shared)
-    results = evaluate_runs(args.models, args.out, sets, args.data)
+    results = evaluate_runs(args.models, args.out, sets, args.data, args.refine)
     write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
     section = markdown(results, args, sets)
     replace_markdown_section(args.benchmarks, section)
