@@ -161,8 +161,7 @@ class Tokenizer:
         """Encode clips of different lengths; padding and masks are handled inside. ``refine``
         > 0 tries that many of the nearest codes per part and step through the decoder and
         keeps those that reconstruct best (``parttok.refine``: slower, the same tokens)."""
-        if refine < 0:
-            raise ValueError(f"refine must be 0 (nearest codes) or a number of codes, got {refine}")
+        self.check_refine(refine)
         prepared = self._normalised(clips)
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
         frames = BATCH_FRAMES // (refine + 1)  # refining decodes refine + 1 copies at once
@@ -178,6 +177,23 @@ class Tokenizer:
             for row, i in enumerate(batch):
                 results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]
         return results
+
+    def check_refine(self, refine: int) -> None:
+        """Raise InputError unless ``encode_batch`` can refine among ``refine`` codes: 0, or
+        a positive count with a parttok model that has codebooks."""
+        if refine < 0:
+            raise InputError(f"refine must be 0 (nearest codes) or a number of codes, got {refine}")
+        model = self.model
+        quantizer = getattr(model, "quantizer", None)
+        kind = getattr(quantizer, "kind", None)
+        if refine and not (hasattr(model, "candidate_codes") and kind == "vq"):
+            mode = (
+                f" ({model.mode} mode, {kind or 'no quantizer'})" if hasattr(model, "mode") else ""
+            )
+            raise InputError(
+                f"--refine needs a PartTokenizer with VQ codebooks, not a {type(model).__name__}"
+                + mode
+            )
 
     @torch.inference_mode()
     def reconstruct_batch(

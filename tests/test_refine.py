@@ -157,3 +157,22 @@ def test_instruction_data_carries_refined_codes(humanml3d_dir, shipped):
     assert pairs and all(a["user"] == b["user"] for a, b in pairs)
     whole = codes_to_text(shipped.encode(folder.features("000000"), refine=3))  # 0#0: whole clip
     assert all(whole in b["assistant"] and whole not in a["assistant"] for a, b in pairs)
+
+
+def test_refining_a_model_without_codebooks_is_one_clear_error(humanml3d_dir, tmp_path, capsys):
+    """--refine on a continuous tokenizer: one line and exit status 2 from encode, evaluate
+    and instruct, before any clip is read."""
+    folder = tmp_path / "continuous"
+    small_tokenizer(humanml3d_dir, 0, mode="continuous").save_pretrained(folder)
+    clip = str(humanml3d_dir / "new_joint_vecs" / "007005.npy")
+    for command in (
+        ["evaluate", clip],
+        ["encode", clip, "--out", str(tmp_path / "tokens")],
+        ["instruct", str(humanml3d_dir), "--out", str(tmp_path / "data.jsonl")],
+    ):
+        assert main([*command, "--checkpoint", str(folder), "--refine", "2"]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error == [
+            f"parttok {command[0]}: error: --refine needs a PartTokenizer with VQ codebooks, "
+            "not a PartTokenizer (continuous mode, no quantizer)"
+        ]

@@ -411,6 +411,14 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
             f"{unseen['facing_mpjpe_mm']:.1f} | {unseen['pa_mpjpe_mm']:.1f} | "
             f"{'n/a' if np.isnan(usage) else f'{usage:.0%}'} |"
         )
+    if any(name.endswith(REFINED) for name in results):
+        lines += [
+            "",
+            "Rows with refined codes: the same run, its tokens chosen through the decoder "
+            "(`--refine`, `parttok.refine`: same codebooks and bits per second, a slower "
+            "encoder); the baselines' codes are their encoders' nearest (no such search is "
+            "built for them).",
+        ]
     lines += summary(results)
     sources = next(iter(results.values()))["unseen"]["by_source"]
     lines += [

@@ -53,6 +53,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
+    tokenizer.check_refine(args.refine)
     todo, skipped, clashes = output_jobs(
         find_clips(args.sources), args.out, TOKEN_SUFFIX, args.force
     )

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
+    tokenizer.check_refine(args.refine)
     clips = find_clips(args.sources)
     loaded, failed = process_batch(
         clips, lambda clip: load_clip_features(clip.path, args.rig), "loading"

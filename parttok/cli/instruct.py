@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     )
     templates = load_templates(args.templates)
     tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    tokenizer.check_refine(args.refine)
     pose_tokenizer = (
         Tokenizer.from_pretrained(args.pose_checkpoint) if args.pose_checkpoint else None
     )
