@@ -39,7 +39,8 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     name = _worst_clip(report, clips)
     features = clips[name]
-    codes = tokenizer.encode(features)
+    refine = report.get("refine", 0)  # the codes the report measured: nearest or refined
+    codes = tokenizer.encode(features, refine=refine)
     reconstruction = tokenizer.decode(codes)
     original_joints = features_to_joints(features[: len(reconstruction)])  # (F, 22, 3)
     reconstructed_joints = features_to_joints(reconstruction)
@@ -55,7 +56,7 @@ def write_report(
             title=f"tokens of {name}",
         )
         figures.append((f"Tokens of `{name}`", TIMELINE_FILE))
-        all_codes = tokenizer.encode_batch(list(clips.values()))
+        all_codes = tokenizer.encode_batch(list(clips.values()), refine=refine)
         plot_codebook_usage(
             all_codes, tokenizer.codebook_size, tokenizer.parts, folder / USAGE_FILE
         )
@@ -107,6 +108,8 @@ def format_markdown(report: dict, figures: list[tuple[str, str]]) -> str:
     ]
     if "tokens_per_second" in report:
         lines.append(f"| tokens per second | {report['tokens_per_second']:.0f} |")
+    if refine := report.get("refine", 0):
+        lines.append(f"| codes | refined among the {refine} nearest (`--refine {refine}`) |")
     lines += ["", "| part | MPJPE (mm) |", "|---|---:|"]
     lines += [f"| {name} | {value:.1f} |" for name, value in report["per_part_mpjpe_mm"].items()]
     if "root" in report["per_part_mpjpe_mm"]:

@@ -104,7 +104,7 @@ def test_part_error_plot(tokenizer: Tokenizer, clips, tmp_path: Path) -> None:
 
 
 def test_report_holds_the_numbers_and_the_figures(
-    tokenizer: Tokenizer, clips, tmp_path: Path
+    tokenizer: Tokenizer, clips, tmp_path: Path, monkeypatch
 ) -> None:
     short = {name: features[:120] for name, features in clips.items()}
     report = evaluate_clips(tokenizer, short)
@@ -120,7 +120,19 @@ def test_report_holds_the_numbers_and_the_figures(
         usage, perplexity = report["usage"][name], report["perplexity"][name]
         assert f"| {name} | {usage:.0%} | {perplexity:.1f} |" in markdown
     worst = max(report["per_clip"], key=lambda row: row["mpjpe_mm"])["clip"]
-    assert f"Tokens of `{worst}`" in markdown
+    assert f"Tokens of `{worst}`" in markdown and "refined among" not in markdown
+    refined = evaluate_clips(tokenizer, short, refine=2)
+    asked = []  # the refine counts the report's figures encode with
+    encode_batch = tokenizer.encode_batch
+
+    def recording(clips: list, batch_size: int = 32, refine: int = 0) -> list:
+        asked.append(refine)
+        return encode_batch(clips, batch_size, refine)
+
+    monkeypatch.setattr(tokenizer, "encode_batch", recording)
+    text = write_report(tmp_path / "refined", tokenizer, short, refined, None).read_text()
+    assert asked and set(asked) == {2}  # the figures show the codes the report measured
+    assert "| codes | refined among the 2 nearest (`--refine 2`) |" in text
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
     assert len(figures) == 4
     for name in figures:
