@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_quickstart_runs(data_dir: Path, humanml3d_dir: Path, tmp_path: Path, mo
     assert "joints (" in text and "-> features (" in text
     assert "<motion>" in text
     assert "MPJPE" in text and "PA-MPJPE" in text
+    assert re.search(r"MPJPE [\d.]+ mm nearest, [\d.]+ mm refined", text)
     images = [output["data"] for output in outputs if "data" in output]
     png = [base64.b64decode(data["image/png"]) for data in images if "image/png" in data]
     gif = [base64.b64decode(data["image/gif"]) for data in images if "image/gif" in data]
