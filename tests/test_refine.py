@@ -17,7 +17,7 @@ from parttok.data import HumanML3DFolder
 from parttok.instruct import InstructSettings, build_conversations
 from parttok.metrics import clip_metrics, summarize
 from parttok.model import FIVE_PARTS, PartTokenizer
-from parttok.refine import _JointError, refine_codes
+from parttok.refine import _JointError, _refined_parts, refine_codes
 from parttok.tokenizer import Tokenizer
 from parttok.tokens import codes_to_text
 
@@ -101,13 +101,17 @@ def test_one_candidate_keeps_the_nearest_codes(shipped, clips):
 
 def test_pose_mode_refines_every_part(humanml3d_dir, clips):
     """A pose tokenizer (no trajectory) tries every part, the pelvis's too (the five-part
-    torso, pelvis and spine: motion mode keeps it), and is judged in the facing frame only."""
+    torso, pelvis and spine), where motion mode keeps that part's nearest codes; judged in the
+    facing frame only, its refined codes never do worse there."""
     parts = {name: list(joints) for name, joints in FIVE_PARTS.items()}
     tokenizer = small_tokenizer(humanml3d_dir, 0, mode="pose", parts=parts)
+    motion = small_tokenizer(humanml3d_dir, 0, mode="motion", parts=parts)
+    assert _refined_parts(tokenizer.model) == [0, 1, 2, 3, 4]
+    assert _refined_parts(motion.model) == [1, 2, 3, 4]  # the torso holds the pelvis
     features, mask, mean, std = batch_of(tokenizer, clips[:2])
-    nearest = tokenizer.model.encode(features, mask)
+    nearest = tokenizer.model.candidate_codes(features, mask, 4)[..., 0]  # where refining starts
     refined = refine_codes(tokenizer.model, features, mask, mean, std, candidates=4)
-    assert (refined[..., 0] != nearest[..., 0]).any()  # the torso, with the pelvis, too
+    assert refined.shape == nearest.shape and torch.equal(refined < 0, nearest < 0)
     error = _JointError(features, mask, mean, std, 1, world=False)
     totals = [
         error.step_errors(tokenizer.model.decode(c, mask))[0].sum(-1) for c in (nearest, refined)
