@@ -114,7 +114,7 @@ def encode_files(
     task = _Task(
         load=_ClipLoader(rig, tokenizer.frames_per_step),
         run=partial(_encode_batch, refine=refine),
-        write=partial(_write_tokens, tokenizer, checkpoint_source),
+        write=partial(_write_tokens, tokenizer, checkpoint_source, refine),
         description="encoding",
     )
     lengths = [_clip_length_hint(job.source) for job in jobs]
@@ -349,9 +349,11 @@ def _decode_batch(tokenizer: Tokenizer, token_files: list[TokenFile]) -> list[np
 
 
 def _write_tokens(
-    tokenizer: Tokenizer, checkpoint_source: str, job: FileJob, clip: np.ndarray, codes
+    tokenizer: Tokenizer, checkpoint_source: str, refine: int, job: FileJob, clip: np.ndarray, codes
 ) -> None:
-    tokens = TokenFile.from_tokenizer(tokenizer, codes, len(clip), job.name, checkpoint_source)
+    tokens = TokenFile.from_tokenizer(
+        tokenizer, codes, len(clip), job.name, checkpoint_source, refine
+    )
     save_tokens(job.output, tokens)
 
 

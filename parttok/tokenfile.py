@@ -46,7 +46,9 @@ class TokenFile:
     cover the first ``S * frames_per_step`` of them); ``checkpoint`` is the identity of the
     tokenizer that made them and ``checkpoint_source`` where it was loaded from (a path, or
     ``"shipped"``; a hint for error messages); ``precision`` how the encoder computed
-    ("32-true" or "bf16-mixed"; files written before it was recorded say "32-true").
+    ("32-true" or "bf16-mixed"; files written before it was recorded say "32-true");
+    ``refine`` among how many nearest codes each was chosen through the decoder
+    (``parttok.refine``; 0: the nearest, as files written before it was recorded say).
     """
 
     codes: np.ndarray
@@ -61,6 +63,7 @@ class TokenFile:
     source: str = ""
     checkpoint_source: str = ""
     precision: str = "32-true"
+    refine: int = 0
     version: int = FORMAT_VERSION
 
     @classmethod
@@ -71,9 +74,10 @@ class TokenFile:
         num_frames: int,
         source: str = "",
         checkpoint_source: str = "",
+        refine: int = 0,
     ) -> TokenFile:
         """Tokens made by ``tokenizer`` (a ``parttok.Tokenizer``) from a clip of
-        ``num_frames`` frames."""
+        ``num_frames`` frames, its codes refined among ``refine`` (0: the nearest)."""
         return cls(
             codes=codes,
             parts=tuple(tokenizer.parts),
@@ -87,6 +91,7 @@ class TokenFile:
             source=source,
             checkpoint_source=checkpoint_source,
             precision=tokenizer.precision,
+            refine=int(refine),
         )
 
     @property
@@ -204,6 +209,7 @@ def _from_stored(header_text: str, arrays: dict, version: int, path: Path) -> To
             source=str(header["source"]),
             checkpoint_source=str(header["checkpoint_source"]),
             precision=str(header.get("precision", "32-true")),
+            refine=int(header.get("refine", 0)),
             version=version,
         )
         crc = int(header["crc32"])

@@ -18,6 +18,7 @@ from parttok.instruct import InstructSettings, build_conversations
 from parttok.metrics import clip_metrics, summarize
 from parttok.model import FIVE_PARTS, PartTokenizer
 from parttok.refine import _JointError, _refined_parts, refine_codes
+from parttok.tokenfile import load_tokens
 from parttok.tokenizer import Tokenizer
 from parttok.tokens import codes_to_text
 
@@ -142,6 +143,10 @@ def test_evaluate_and_encode_take_refine(humanml3d_dir, tmp_path, capsys):
     assert figures[3]["refine"] == 3 and figures[0]["refine"] == 0
     assert figures[3]["mpjpe_mm"] < figures[0]["mpjpe_mm"]
     assert main(["encode", str(clip), "--out", str(tmp_path / "tokens"), "--refine", "3"]) == 0
+    tokens = load_tokens(tmp_path / "tokens" / "007005.ptok")  # the file says how it was made
+    assert tokens.refine == 3
+    features = np.load(clip).astype(np.float32)
+    np.testing.assert_array_equal(tokens.codes, Tokenizer.from_pretrained().encode(features, 3))
     with pytest.raises(SystemExit):
         main(["evaluate", str(clip), "--refine", "many"])
     assert "expected a whole number of codes >= 0, got 'many'" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def assert_same(loaded: TokenFile, saved: TokenFile) -> None:
     np.testing.assert_array_equal(loaded.codes, saved.codes)
     for name in ("parts", "frames_per_step", "fps", "num_frames", "checkpoint", "codebook_size"):
         assert getattr(loaded, name) == getattr(saved, name), name
-    for name in ("kind", "mode", "source", "checkpoint_source", "precision"):
+    for name in ("kind", "mode", "source", "checkpoint_source", "precision", "refine"):
         assert getattr(loaded, name) == getattr(saved, name), name
     assert loaded.version == FORMAT_VERSION
 
@@ -82,15 +82,17 @@ def test_a_token_file_is_plain_safetensors_with_its_metadata(tmp_path: Path) -> 
     assert header["parts"] == list(PARTS) and header["num_frames"] == 51
 
 
-def test_the_precision_round_trips_and_older_files_read_as_float32(tmp_path: Path) -> None:
-    mixed = make_tokens(precision="bf16-mixed")
-    assert_same(load_tokens(save_tokens(tmp_path / "mixed.ptok", mixed)), mixed)
+def test_precision_and_refine_round_trip_and_older_files_read_as_before(tmp_path: Path) -> None:
+    mixed = make_tokens(precision="bf16-mixed", refine=8)
+    loaded = load_tokens(save_tokens(tmp_path / "mixed.ptok", mixed))
+    assert_same(loaded, mixed)
+    assert loaded.refine == 8
     header = json.loads(
         safe_open(str(save_tokens(tmp_path / "a.ptok", mixed)), "np").metadata()["header"]
     )
-    del header["precision"]  # as written before parttok recorded it
+    del header["precision"], header["refine"]  # as written before parttok recorded them
     older = write_with_metadata(tmp_path / "older.ptok", {"header": json.dumps(header)})
-    assert load_tokens(older).precision == "32-true"
+    assert load_tokens(older).precision == "32-true" and load_tokens(older).refine == 0
 
 
 def test_saving_replaces_an_existing_file_and_leaves_no_temporary(tmp_path: Path) -> None:
