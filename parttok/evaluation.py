@@ -3,11 +3,47 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from parttok.metrics import clip_metrics, codebook_statistics, summarize
 from parttok.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """Clips through a tokenizer, in order: their codes (None with the codebooks bypassed),
+    their reconstructions (raw features), the seconds encoding took and the whole trip's, and
+    the ``refine`` count the codes were chosen with."""
+
+    codes: list[np.ndarray] | None
+    reconstructions: list[np.ndarray]
+    encode_seconds: float
+    seconds: float
+    refine: int = 0
+
+
+def round_trip(
+    tokenizer: Tokenizer,
+    clips: list[np.ndarray],
+    batch_size: int = 32,
+    quantize: bool = True,
+    refine: int = 0,
+) -> RoundTrip:
+    """Encode and decode ``clips`` (raw (T, 263) features); ``quantize`` False bypasses the
+    codebooks (``Tokenizer.reconstruct_batch``), ``refine`` chooses codes through the decoder
+    among that many nearest (``Tokenizer.encode_batch``)."""
+    start = time.perf_counter()
+    if not quantize:
+        reconstructions = tokenizer.reconstruct_batch(clips, batch_size=batch_size, quantize=False)
+        seconds = time.perf_counter() - start
+        return RoundTrip(None, reconstructions, seconds, seconds)
+    codes = tokenizer.encode_batch(clips, batch_size=batch_size, refine=refine)
+    encoded = time.perf_counter()
+    reconstructions = tokenizer.decode_batch(codes, batch_size=batch_size)
+    end = time.perf_counter()
+    return RoundTrip(codes, reconstructions, encoded - start, end - start, refine)
 
 
 def evaluate_clips(
@@ -16,6 +52,7 @@ def evaluate_clips(
     batch_size: int = 32,
     quantize: bool = True,
     refine: int = 0,
+    trip: RoundTrip | None = None,
 ) -> dict:
     """Metrics of ``tokenizer`` on named raw feature clips (T, 263).
 
@@ -23,22 +60,14 @@ def evaluate_clips(
     pelvis-aligned in millimetres. ``facing_mpjpe_mm`` compares each frame in its own facing
     frame: MPJPE without the drift of the facing the root's turning speed integrates to;
     ``facing_error_deg`` is that drift, the mean angle between the facings in degrees.
-    ``quantize`` False measures the model with its codebooks bypassed
-    (``Tokenizer.reconstruct_batch``): no codes, so no codebook statistics. ``refine``: codes
-    chosen through the decoder among that many nearest (``Tokenizer.encode_batch``).
+    ``quantize`` and ``refine`` as in ``round_trip``; ``trip``: the clips' round trip if one
+    was made already (then ``quantize`` and ``refine`` are its own), so that a caller who
+    needs the codes too (a report's figures) does not encode twice.
     """
     names = list(clips)
-    start = time.perf_counter()
-    if quantize:
-        codes = tokenizer.encode_batch(
-            [clips[n] for n in names], batch_size=batch_size, refine=refine
-        )
-        reconstructions = tokenizer.decode_batch(codes, batch_size=batch_size)
-    else:
-        reconstructions = tokenizer.reconstruct_batch(
-            [clips[n] for n in names], batch_size=batch_size, quantize=False
-        )
-    seconds = time.perf_counter() - start
+    if trip is None:
+        trip = round_trip(tokenizer, [clips[n] for n in names], batch_size, quantize, refine)
+    codes, reconstructions = trip.codes, trip.reconstructions
     rows = []
     for name, reconstruction in zip(names, reconstructions, strict=True):
         row = clip_metrics(reconstruction, clips[name][: len(reconstruction)])
@@ -53,9 +82,9 @@ def evaluate_clips(
     report["parts"] = list(tokenizer.parts)
     report["checkpoint"] = tokenizer.identity
     report["precision"] = tokenizer.precision
-    report["refine"] = refine
-    report["round_trip_frames_per_second"] = report["frames"] / max(seconds, 1e-9)
-    if tokenizer.is_quantized and quantize:
+    report["refine"] = trip.refine
+    report["round_trip_frames_per_second"] = report["frames"] / max(trip.seconds, 1e-9)
+    if tokenizer.is_quantized and codes is not None:
         report.update(codebook_statistics(codes, tokenizer.codebook_size, list(tokenizer.parts)))
     return report
 

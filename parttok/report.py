@@ -4,6 +4,7 @@ that explain it (token timeline, codebook usage, per-part error, a side-by-side 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +29,30 @@ def write_report(
     clips: dict[str, np.ndarray],
     report: dict,
     animation_seconds: float | None = 6.0,
+    codes: Sequence[np.ndarray] | None = None,
 ) -> Path:
     """Write ``report.md`` and its figures into ``folder``; returns the markdown's path.
 
     ``clips`` are the raw (T, 263) features that ``report`` (from ``evaluate_clips``) was
-    measured on. The figures show the clip with the largest error; the animation (original
-    beside reconstruction, its first ``animation_seconds``; None for none) is a GIF.
+    measured on, ``codes`` their codes in the same order if the caller has them (its
+    ``RoundTrip``; else they are encoded again, refined as the report says). The figures show
+    the clip with the largest error; the animation (original beside reconstruction, its first
+    ``animation_seconds``; None for none) is a GIF.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = _worst_clip(report, clips)
     features = clips[name]
-    refine = report.get("refine", 0)  # the codes the report measured: nearest or refined
-    codes = tokenizer.encode(features, refine=refine)
-    reconstruction = tokenizer.decode(codes)
+    if codes is None:  # the codes the report measured
+        codes = tokenizer.encode_batch(list(clips.values()), refine=report.get("refine", 0))
+    clip_codes = codes[list(clips).index(name)]
+    reconstruction = tokenizer.decode(clip_codes)
     original_joints = features_to_joints(features[: len(reconstruction)])  # (F, 22, 3)
     reconstructed_joints = features_to_joints(reconstruction)
     figures = []
     if tokenizer.is_quantized:
         plot_token_timeline(
-            codes,
+            clip_codes,
             tokenizer.parts,
             folder / TIMELINE_FILE,
             tokenizer.frames_per_step,
@@ -56,10 +61,7 @@ def write_report(
             title=f"tokens of {name}",
         )
         figures.append((f"Tokens of `{name}`", TIMELINE_FILE))
-        all_codes = tokenizer.encode_batch(list(clips.values()), refine=refine)
-        plot_codebook_usage(
-            all_codes, tokenizer.codebook_size, tokenizer.parts, folder / USAGE_FILE
-        )
+        plot_codebook_usage(codes, tokenizer.codebook_size, tokenizer.parts, folder / USAGE_FILE)
         figures.append(("Codebook usage", USAGE_FILE))
     plot_part_error(
         original_joints,

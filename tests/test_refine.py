@@ -133,8 +133,21 @@ def test_models_without_codebooks_and_bad_counts_are_refused(humanml3d_dir, ship
         shipped.encode_batch(clips[:1], refine=-2)
 
 
-def test_evaluate_and_encode_take_refine(humanml3d_dir, tmp_path, capsys):
+def test_evaluate_and_encode_take_refine(humanml3d_dir, tmp_path, capsys, monkeypatch):
     clip = humanml3d_dir / "new_joint_vecs" / "007005.npy"
+    refined_encodes = []  # evaluate --report --refine encodes once: the report reuses the codes
+    encode_batch = Tokenizer.encode_batch
+
+    def counting(self, clips, batch_size=32, refine=0):
+        refined_encodes.extend([refine] if refine else [])
+        return encode_batch(self, clips, batch_size, refine)
+
+    monkeypatch.setattr(Tokenizer, "encode_batch", counting)
+    argv = ["evaluate", str(clip), "--refine", "2", "--report", str(tmp_path / "report")]
+    assert main(argv) == 0
+    assert refined_encodes == [2]
+    assert "refined among the 2 nearest" in (tmp_path / "report" / "report.md").read_text()
+    monkeypatch.undo()
     figures = {}
     for count in (0, 3):
         report = tmp_path / f"report{count}.json"

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from parttok.evaluation import evaluate_clips, round_trip
 from parttok.io import machine_description, replace_markdown_section
-from parttok.metrics import clip_metrics, summarize
 from parttok.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,15 +39,12 @@ SET_NAMES = {
 def measure(tokenizer: Tokenizer, clips: list[np.ndarray], refine: int, nearest: list) -> dict:
     """Errors of ``clips`` through codes refined among ``refine`` (0: the nearest), the share
     of codes unlike ``nearest`` (the nearest codes) and the encoding speed."""
-    start = time.perf_counter()
-    codes = tokenizer.encode_batch(clips, refine=refine)
-    seconds = time.perf_counter() - start
-    decoded = tokenizer.decode_batch(codes)
-    pairs = zip(decoded, clips, strict=True)
-    report = summarize([clip_metrics(d, c[: len(d)]) for d, c in pairs])
-    changed = np.concatenate([(a != b).ravel() for a, b in zip(codes, nearest, strict=True)])
-    speed = report["frames"] / seconds
-    return {**report, "changed": float(changed.mean()), "frames_per_second": speed}
+    trip = round_trip(tokenizer, clips, refine=refine)
+    report = evaluate_clips(tokenizer, dict(enumerate(clips)), trip=trip)
+    pairs = zip(trip.codes, nearest, strict=True)
+    changed = np.concatenate([(a != b).ravel() for a, b in pairs]).mean()
+    speed = report["frames"] / trip.encode_seconds
+    return {**report, "changed": float(changed), "frames_per_second": speed}
 
 
 def table(results: dict[str, dict[int, dict]], counts: list[int]) -> str:

@@ -7,7 +7,7 @@ import json
 
 from parttok.cli.common import add_refine_argument, exit_status, process_batch
 from parttok.cli.encode import add_precision_argument
-from parttok.evaluation import evaluate_clips, format_table
+from parttok.evaluation import evaluate_clips, format_table, round_trip
 from parttok.io import write_text
 from parttok.sources import find_clips, load_clip_features
 from parttok.tokenizer import Tokenizer
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if not usable:
         print("no usable clips to evaluate")
         return 2
-    report = evaluate_clips(tokenizer, usable, batch_size=args.batch_size, refine=args.refine)
+    trip = round_trip(tokenizer, list(usable.values()), args.batch_size, refine=args.refine)
+    report = evaluate_clips(tokenizer, usable, trip=trip)
     report["failed"] = [{"clip": str(clip.path), "error": error} for clip, error in failed]
     print(format_table(report))
     if args.json:
@@ -44,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from parttok.report import write_report
 
-        write_report(args.report, tokenizer, usable, report)
+        write_report(args.report, tokenizer, usable, report, codes=trip.codes)
     return exit_status(failed)
