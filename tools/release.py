@@ -233,7 +233,7 @@ def _with_defaults(arguments: dict, cls: type) -> dict:
         if key not in arguments and _plain(parameter.default)
     }
     filled = {**arguments, **defaults}
-    hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+    hints = typing.get_type_hints(cls.__init__)
     for key, value in filled.items():
         if isinstance(value, dict) and isinstance(value.get("init_args"), dict):
             nested = _class_at(value["class_path"])

@@ -108,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
     )
     templates = load_templates(args.templates)
     tokenizer = Tokenizer.from_pretrained(args.checkpoint)
-    tokenizer.check_refine(args.refine)
     pose_tokenizer = (
         Tokenizer.from_pretrained(args.pose_checkpoint) if args.pose_checkpoint else None
     )
+    for used in (tokenizer, pose_tokenizer):  # --refine applies to both
+        if used is not None:
+            used.check_refine(args.refine)
     report = build_conversations(
         args.sources, tokenizer, templates, settings, pose_tokenizer, show_progress=True
     )
