@@ -178,18 +178,21 @@ class Tokenizer:
                 results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]
         return results
 
+    @property
+    def refinable(self) -> bool:
+        """Whether ``encode_batch`` can refine codes: a PartTokenizer with VQ codebooks."""
+        quantizer = getattr(self.model, "quantizer", None)
+        return hasattr(self.model, "candidate_codes") and getattr(quantizer, "kind", None) == "vq"
+
     def check_refine(self, refine: int) -> None:
         """Raise InputError unless ``encode_batch`` can refine among ``refine`` codes: 0, or
         a positive count with a parttok model that has codebooks."""
         if refine < 0:
             raise InputError(f"refine must be 0 (nearest codes) or a number of codes, got {refine}")
         model = self.model
-        quantizer = getattr(model, "quantizer", None)
-        kind = getattr(quantizer, "kind", None)
-        if refine and not (hasattr(model, "candidate_codes") and kind == "vq"):
-            mode = (
-                f" ({model.mode} mode, {kind or 'no quantizer'})" if hasattr(model, "mode") else ""
-            )
+        if refine and not self.refinable:
+            kind = getattr(getattr(model, "quantizer", None), "kind", None) or "no quantizer"
+            mode = f" ({model.mode} mode, {kind})" if hasattr(model, "mode") else ""
             raise InputError(
                 f"--refine needs a PartTokenizer with VQ codebooks, not a {type(model).__name__}"
                 + mode

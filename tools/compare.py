@@ -184,30 +184,33 @@ def evaluate_runs(
         folder = out / name / "tokenizer"
         tokenizer = Tokenizer.from_pretrained(folder)
         config = json.loads((folder / "config.json").read_text())
-        results[name] = {
+        run = {
             "data": data[name],
             "precision": saved_config(out / name)["trainer"].get("precision") or "32-true",
             "parameters": sum(p.numel() for p in tokenizer.model.parameters()),
             "steps": config["training"].get("global_step"),
-            **{key: evaluate_clips(tokenizer, clips) for key, clips in sets.items()},
         }
-        refinable = refine and hasattr(tokenizer.model, "candidate_codes")
-        if refinable and tokenizer.model.quantizer.kind == "vq":
+        results[name] = {**run, **measured_sets(tokenizer, sets)}
+        if refine and tokenizer.refinable:
             results[f"{name}{REFINED}"] = {
-                **{key: value for key, value in results[name].items() if key not in sets},
+                **run,
                 "refine": refine,
-                **{
-                    key: evaluate_clips(tokenizer, clips, refine=refine)
-                    for key, clips in sets.items()
-                },
+                **measured_sets(tokenizer, sets, refine),
             }
-        for measured in (name, f"{name}{REFINED}"):
-            for key in sets if measured in results else ():
-                rows = results[measured][key].pop("per_clip")
-                if key == "unseen":
-                    results[measured][key]["by_source"] = by_source(rows)
         print(f"{name}: {json.dumps({k: results[name][k]['mpjpe_mm'] for k in sets})}")
     return results
+
+
+def measured_sets(tokenizer: Tokenizer, sets: dict, refine: int = 0) -> dict:
+    """Each set's evaluation report through ``tokenizer`` (codes refined among ``refine``),
+    the unseen set's clips also by source."""
+    reports = {}
+    for key, clips in sets.items():
+        reports[key] = evaluate_clips(tokenizer, clips, refine=refine)
+        rows = reports[key].pop("per_clip")
+        if key == "unseen":
+            reports[key]["by_source"] = by_source(rows)
+    return reports
 
 
 REFINED = "_refined"  # a run measured through refined codes (``--refine``)
