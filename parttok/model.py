@@ -146,7 +146,8 @@ def nearest_codes(vectors: Tensor, codebooks: Tensor, count: int | None = None) 
     distances = codebooks.square().sum(dim=-1) - 2 * dot  # (..., G, K), up to a constant
     if count is None:
         return distances.argmin(dim=-1)
-    return distances.topk(count, dim=-1, largest=False).indices
+    # a stable sort: among equally near codes the lowest index first, as argmin picks
+    return distances.argsort(dim=-1, stable=True)[..., :count]
 
 
 def lookup_codes(codes: Tensor, codebooks: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from parttok.cli import main
 from parttok.data import HumanML3DFolder
 from parttok.instruct import InstructSettings, build_conversations
 from parttok.metrics import clip_metrics, summarize
-from parttok.model import FIVE_PARTS, PartTokenizer
+from parttok.model import FIVE_PARTS, PartTokenizer, nearest_codes
 from parttok.refine import _JointError, _refined_parts, refine_codes
 from parttok.tokenfile import load_tokens
 from parttok.tokenizer import Tokenizer
@@ -64,6 +64,10 @@ def test_candidates_are_the_nearest_codes_nearest_first(shipped, clips):
         expected = distances.sort(-1).values[:, :5]
         chosen = distances.gather(1, options[real][:, part])
         torch.testing.assert_close(chosen, expected)
+    books = torch.zeros(2, 6, 3)  # equally near codes (a codebook with duplicates): the first
+    books[:, 3] = 5.0  # candidate is still the code encode's argmin picks
+    vectors = torch.randn(10, 2, 3)
+    assert torch.equal(nearest_codes(vectors, books, 3)[..., 0], nearest_codes(vectors, books))
 
 
 def test_refined_codes_reconstruct_the_real_clips_better(shipped, clips):
