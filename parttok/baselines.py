@@ -179,16 +179,29 @@ class ResidualQuantizer(nn.Module):
             kept = (real_codes[0, 0] >= 0).sum().clamp_min(1)  # layers that were not dropped
             loss = layer_losses.sum() / kept
         else:
-            residual = latents[..., 0, :]  # (B, S, d)
-            layer_codes = []
-            for codebook in self.codebook_vectors():  # (K, d) per layer
-                code = nearest_codes(residual[..., None, :], codebook[None])[..., 0]  # (B, S)
-                residual = residual - codebook[code]
-                layer_codes.append(code)
-            codes = torch.stack(layer_codes, dim=-1)  # (B, S, layers)
+            codes = self._residual_codes(latents, 1)[..., 0]  # (B, S, layers)
             quantized = self.lookup(codes)
         padding = ~step_mask[..., None]
         return quantized.masked_fill(padding[..., None], 0.0), codes.masked_fill(padding, -1), loss
+
+    @in_float32
+    def candidates(self, latents: Tensor, step_mask: Tensor, count: int) -> Tensor:
+        """(B, S, 1, d), (B, S) -> each layer's ``count`` nearest codes to its residual along
+        the nearest codes' path, nearest first (the first are eval ``forward``'s):
+        (B, S, layers, count), -1 at padded steps."""
+        codes = self._residual_codes(latents, count)
+        return codes.masked_fill(~step_mask[..., None, None], -1)
+
+    def _residual_codes(self, latents: Tensor, count: int) -> Tensor:
+        """(B, S, 1, d) -> (B, S, layers, count): layer by layer, the ``count`` codes nearest
+        the residual that the earlier layers' nearest codes leave."""
+        residual = latents[..., 0, :]  # (B, S, d)
+        layer_codes = []
+        for codebook in self.codebook_vectors():  # (K, d) per layer
+            codes = nearest_codes(residual[..., None, :], codebook[None], count)[..., 0, :]
+            residual = residual - codebook[codes[..., 0]]
+            layer_codes.append(codes)  # (B, S, count)
+        return torch.stack(layer_codes, dim=-2)
 
 
 class _ConvTokenizer(nn.Module):
@@ -197,6 +210,8 @@ class _ConvTokenizer(nn.Module):
 
     feature_dim = FEATURE_DIM
     is_quantized = True
+    has_codebooks = True
+    temporal = True  # motion only: no pose mode
     part_names: tuple[str, ...]
 
     def __init__(self, config: dict, quantizer: nn.Module) -> None:
@@ -259,6 +274,16 @@ class _ConvTokenizer(nn.Module):
             step_mask = step_mask_from(mask, self.frames_per_step)
             latents = self._encode_latents(features, mask, step_mask)
             return self.quantizer(latents, step_mask)[1]
+
+    @torch.no_grad()
+    def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
+        """As ``PartTokenizer.candidate_codes``: (B, T, 263) -> (B, S, P, count), the body code's
+        or each residual layer's ``count`` nearest, nearest first; -1 at padded steps."""
+        with evaluating(self):
+            mask = check_batch(features, mask, self.frames_per_step)
+            step_mask = step_mask_from(mask, self.frames_per_step)
+            latents = self._encode_latents(features, mask, step_mask)
+            return self.quantizer.candidates(latents, step_mask, count)
 
     @torch.no_grad()
     def decode(self, codes: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -126,15 +126,15 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             submodule.training = training
 
 
-def in_float32(forward: Callable) -> Callable:
-    """Run a quantizer's ``forward(latents, step_mask)`` on float32 latents with autocast off:
-    trained in mixed precision (``--trainer.precision bf16-mixed``), code distances and EMA
+def in_float32(method: Callable) -> Callable:
+    """Run a quantizer's ``method(latents, step_mask, ...)`` on float32 latents with autocast
+    off: trained in mixed precision (``--trainer.precision bf16-mixed``), code distances and EMA
     updates in bfloat16 would pick the wrong codes and drift the codebooks."""
 
-    @functools.wraps(forward)
-    def wrapped(self: nn.Module, latents: Tensor, step_mask: Tensor):
+    @functools.wraps(method)
+    def wrapped(self: nn.Module, latents: Tensor, step_mask: Tensor, *args):
         with torch.autocast(latents.device.type, enabled=False):
-            return forward(self, latents.float(), step_mask)
+            return method(self, latents.float(), step_mask, *args)
 
     return wrapped
 
@@ -268,6 +268,16 @@ class PartQuantizer(nn.Module):
             codes.long().masked_fill(padding, -1),
             loss,
         )
+
+    @in_float32
+    def candidates(self, latents: Tensor, step_mask: Tensor, count: int) -> Tensor:
+        """(B, S, P, d), (B, S) -> each part's ``count`` nearest codes, nearest first (the
+        first are eval ``forward``'s): (B, S, P, count), -1 at padded steps. Codebooks only:
+        FSQ rounds its latents."""
+        if self.kind != "vq":
+            raise ValueError("candidate codes need codebooks: a VQ model (not FSQ)")
+        codes = nearest_codes(latents, self.codebook_vectors(), count)
+        return codes.masked_fill(~step_mask[..., None, None], -1)
 
 
 class GroupedLinear(nn.Module):
@@ -751,21 +761,23 @@ class PartTokenizer(nn.Module):
                 return latents
             return self.quantizer(latents, step_mask)[1]
 
+    @property
+    def has_codebooks(self) -> bool:
+        """Whether codes are indices into codebooks (VQ), which ``candidate_codes`` searches."""
+        return self.quantizer is not None and self.quantizer.kind == "vq"
+
     @torch.no_grad()
     def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
         """(B, T, 263) -> the ``count`` nearest codes of each part at each step, nearest first
         (the first are ``encode``'s): (B, S, P, count) long, -1 at padded steps. Codebooks
         only (VQ): FSQ rounds its latents, continuous mode has no codes."""
-        if self.quantizer is None or self.quantizer.kind != "vq":
-            raise ValueError("candidate codes need codebooks: a VQ model (not FSQ or continuous)")
+        if self.quantizer is None:
+            raise ValueError("candidate codes need codebooks: continuous mode has no codes")
         with evaluating(self):
             mask = check_batch(features, mask, self.frames_per_step)
             step_mask = step_mask_from(mask, self.frames_per_step)
             latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)
-            with torch.autocast(latents.device.type, enabled=False):  # distances in float32
-                codebooks = self.quantizer.codebook_vectors().float()
-                codes = nearest_codes(latents.float(), codebooks, count)
-            return codes.masked_fill(~step_mask[..., None, None], -1)
+            return self.quantizer.candidates(latents, step_mask, count)
 
     @torch.no_grad()
     def decode(self, codes: Tensor, mask: Tensor | None = None) -> Tensor:

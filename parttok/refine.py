@@ -13,6 +13,12 @@ judged. The part holding the pelvis keeps its nearest codes in motion mode: they
 root's trajectory, whose errors integrate. Every clip ends with the codes of the lowest total
 error seen, so refined codes never reconstruct worse than the nearest ones by that measure.
 
+The whole-body baselines get the same search, so that tools/compare.py compares like with
+like: T2M-GPT's VQ tries its one body code, the residual VQ each layer in turn, coarsest
+first, among the codes nearest the residual the earlier layers' nearest codes leave. Every
+one of their columns carries the root with the rest of the body, so none is kept (keeping
+the residual VQ's first layer measured worse on unseen clips).
+
 The codes are the same tokens (same codebooks, bits per second and decoder); only the encoder
 works harder: ``candidates`` + 1 decodes per part and half-sweep (tools/bench_throughput.py).
 """
@@ -38,8 +44,8 @@ def refine_codes(
     """Normalised features (B, T, 263) with mask (B, T) -> codes (B, S, P) chosen among each
     step's ``candidates`` nearest by the error of what they decode to (see the module
     docstring); ``mean`` and ``std`` (263,) the model's normalisation. -1 at padded steps."""
-    if not hasattr(model, "candidate_codes"):
-        raise ValueError(f"refining codes needs a parttok model, not {type(model).__name__}")
+    if not getattr(model, "has_codebooks", False):
+        raise ValueError(f"refining codes needs codebooks, which this {type(model).__name__} lacks")
     if candidates < 1 or sweeps < 1:
         raise ValueError(f"need candidates >= 1 and sweeps >= 1, got {candidates}, {sweeps}")
     options = model.candidate_codes(features, mask, candidates)  # (B, S, P, K)
@@ -70,8 +76,11 @@ def refine_codes(
 
 
 def _refined_parts(model: nn.Module) -> list[int]:
-    """The parts tried: all but the one holding the pelvis in motion mode (its codes carry the
-    root's trajectory)."""
+    """The code columns tried: a PartTokenizer's parts but the one holding the pelvis in motion
+    mode (its codes carry the root's trajectory); every column of the whole-body baselines
+    (their body code, or each residual layer, carries the trajectory and all the rest)."""
+    if "parts" not in model.config:
+        return list(range(model.num_parts))
     parts = list(model.config["parts"].values())
     return [p for p, joints in enumerate(parts) if not (model.temporal and 0 in joints)]
 

@@ -180,13 +180,13 @@ class Tokenizer:
 
     @property
     def refinable(self) -> bool:
-        """Whether ``encode_batch`` can refine codes: a PartTokenizer with VQ codebooks."""
-        quantizer = getattr(self.model, "quantizer", None)
-        return hasattr(self.model, "candidate_codes") and getattr(quantizer, "kind", None) == "vq"
+        """Whether ``encode_batch`` can refine codes: a model with codebooks (VQ, not FSQ or
+        continuous)."""
+        return bool(self.model.has_codebooks)
 
     def check_refine(self, refine: int) -> None:
         """Raise InputError unless ``encode_batch`` can refine among ``refine`` codes: 0, or
-        a positive count with a parttok model that has codebooks."""
+        a positive count with a model that has codebooks."""
         if refine < 0:
             raise InputError(f"refine must be 0 (nearest codes) or a number of codes, got {refine}")
         model = self.model
@@ -194,8 +194,7 @@ class Tokenizer:
             kind = getattr(getattr(model, "quantizer", None), "kind", None) or "no quantizer"
             mode = f" ({model.mode} mode, {kind})" if hasattr(model, "mode") else ""
             raise InputError(
-                f"--refine needs a PartTokenizer with VQ codebooks, not a {type(model).__name__}"
-                + mode
+                f"--refine needs a model with VQ codebooks, not a {type(model).__name__}" + mode
             )
 
     @torch.inference_mode()

@@ -74,7 +74,12 @@ def small_tokenizer(humanml3d_dir: Path, seed: int = 0, **options) -> Tokenizer:
     """A small PartTokenizer with random weights (``options`` override SMALL_TOKENIZER); one
     training forward on the real HumanML3D clips initialises its codebooks."""
     torch.manual_seed(seed)
-    model = PartTokenizer(**{**SMALL_TOKENIZER, **options})
+    return initialised_tokenizer(PartTokenizer(**{**SMALL_TOKENIZER, **options}), humanml3d_dir)
+
+
+def initialised_tokenizer(model: torch.nn.Module, humanml3d_dir: Path) -> Tokenizer:
+    """``model`` (random weights) after one training forward on the real HumanML3D clips,
+    which initialises its codebooks, in a Tokenizer with their statistics."""
     mean = np.load(humanml3d_dir / "Mean.npy")
     std = np.load(humanml3d_dir / "Std.npy")
     clips = [np.load(p) for p in sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))]

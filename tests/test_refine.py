@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_tokenizer
+from conftest import initialised_tokenizer, small_tokenizer
 
-from parttok.baselines import ConvVQ
+from parttok.baselines import ConvVQ, ResidualConvVQ
 from parttok.cli import main
 from parttok.data import HumanML3DFolder
 from parttok.instruct import InstructSettings, build_conversations
@@ -124,13 +124,53 @@ def test_pose_mode_refines_every_part(humanml3d_dir, clips):
     assert (totals[1] <= totals[0]).all()
 
 
+SMALL_CONV = dict(width=32, depth=2, code_dim=16, codebook_size=32)
+
+
+@pytest.mark.parametrize("make", [ConvVQ, ResidualConvVQ], ids=["conv_vq", "residual_vq"])
+def test_the_whole_body_baselines_refine_every_code_column(humanml3d_dir, clips, make):
+    """T2M-GPT's VQ and the residual VQ get the same search (a like-for-like comparison):
+    every column is tried (each carries the root with the rest of the body); a residual
+    layer's candidates are the codes nearest the residual the earlier layers' nearest codes
+    leave; refined codes never do worse than the nearest by the refining measure."""
+    torch.manual_seed(0)
+    tokenizer = initialised_tokenizer(make(**SMALL_CONV), humanml3d_dir)
+    model = tokenizer.model
+    assert _refined_parts(model) == list(range(model.num_parts))
+    features, mask, mean, std = batch_of(tokenizer, clips)
+    options = model.candidate_codes(features, mask, 4)  # (B, S, columns, 4)
+    nearest = model.encode(features, mask)
+    assert torch.equal(options[..., 0], nearest)
+    real = nearest[..., 0] >= 0
+    residual = model(features, mask).latents[real][:, 0]  # (N, d)
+    for layer, book in enumerate(model.codebook_vectors()):  # (K, d) per column
+        distances = torch.cdist(residual, book)  # (N, K)
+        chosen = distances.gather(1, options[real][:, layer])
+        torch.testing.assert_close(chosen, distances.sort(-1).values[:, :4])
+        residual = residual - book[options[real][:, layer, 0]]
+    refined = refine_codes(model, features, mask, mean, std, candidates=4)
+    assert torch.equal(refined < 0, nearest < 0)
+    assert ((refined != nearest) & (nearest >= 0)).any(dim=(0, 1)).all()  # every column moved
+    error = _JointError(features, mask, mean, std, model.frames_per_step, world=True)
+    totals = [error.step_errors(model.decode(c, mask))[0].sum(-1) for c in (nearest, refined)]
+    assert (totals[1] <= totals[0]).all() and (totals[1] < totals[0]).any()
+    codes = tokenizer.encode_batch(clips, refine=4)
+    for row, clip_codes in enumerate(codes):
+        np.testing.assert_array_equal(clip_codes, refined[row, : len(clip_codes)].numpy())
+
+
 def test_models_without_codebooks_and_bad_counts_are_refused(humanml3d_dir, shipped, clips):
     features, mask, mean, std = batch_of(shipped, clips[:1])
-    with pytest.raises(ValueError, match="needs a parttok model"):
-        refine_codes(ConvVQ(), features, mask, mean, std)
+    with pytest.raises(ValueError, match="needs codebooks, which this Linear lacks"):
+        refine_codes(torch.nn.Linear(2, 2), features, mask, mean, std)
     fsq = PartTokenizer(quantizer="fsq", dim=32, joint_dim=16, heads=2)
     with pytest.raises(ValueError, match="codebooks"):
         refine_codes(fsq, features, mask, mean, std)
+    with pytest.raises(ValueError, match="codebooks"):
+        fsq.candidate_codes(features, mask, 2)
+    continuous = PartTokenizer(mode="continuous", dim=32, joint_dim=16, heads=2)
+    with pytest.raises(ValueError, match="continuous mode has no codes"):
+        continuous.candidate_codes(features, mask, 2)
     with pytest.raises(ValueError, match="candidates >= 1"):
         refine_codes(shipped.model, features, mask, mean, std, candidates=0)
     with pytest.raises(ValueError, match="refine must be 0"):
@@ -199,6 +239,6 @@ def test_refining_a_model_without_codebooks_is_one_clear_error(humanml3d_dir, tm
         assert main([*command, "--checkpoint", str(folder), "--refine", "2"]) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert error == [
-            f"parttok {command[0]}: error: --refine needs a PartTokenizer with VQ codebooks, "
+            f"parttok {command[0]}: error: --refine needs a model with VQ codebooks, "
             "not a PartTokenizer (continuous mode, no quantizer)"
         ]

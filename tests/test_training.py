@@ -491,6 +491,27 @@ def test_compare_sets_parttok_against_baselines_trained_on_the_same_windows(monk
         "30% lower on unseen clips (25% lower"
     )
     assert len(lines) == 4  # the variant against parttok too
+    refined = summary(
+        {
+            "parttok": run(15.0, 90.0, 70.0),
+            "parttok_refined": {**run(12.0, 80.0, 60.0), "refine": 8},
+            "rvq_lr2e-4": run(25.0, 100.0, 100.0),
+            "rvq_lr2e-4_refined": {**run(10.0, 100.0, 100.0), "refine": 8},
+            "parttok_seed1_refined": {**run(12.0, 40.0, 30.0), "refine": 8},
+        }
+    )
+    assert refined[1].startswith("parttok against MoMask residual VQ, 6 x 512, lr 2e-4 (the")
+    assert refined[2].startswith(  # refined against refined, never against the plain run
+        "parttok, 6 parts x 512, codes refined among 8 against MoMask residual VQ, 6 x 512, lr "
+        "2e-4, codes refined among 8 (the better of its runs): 20% higher MPJPE in-distribution"
+    )
+    assert refined[3].startswith(
+        "parttok, 6 parts x 512, codes refined among 8 against parttok: 20% lower"
+    )
+    assert refined[4].endswith(
+        "against parttok, 6 parts x 512, codes refined among 8: 0% "
+        "lower MPJPE in-distribution, 50% lower on unseen clips (50% lower in the facing frame)."
+    )
 
 
 def test_compare_splits_unseen_clips_by_source_frame_weighted(monkeypatch):

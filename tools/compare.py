@@ -161,9 +161,9 @@ def evaluate_runs(
 ) -> dict:
     """Measure every run of ``names`` with an exported tokenizer that trained on the current
     splits (on others, the held-out sets would count clips it trained on). With ``refine``,
-    a parttok run with codebooks is also measured through codes refined among that many
-    (``parttok.refine``), as ``<name>_refined``: the same run, the same tokens, a slower
-    encoder."""
+    every run with codebooks (parttok's and the baselines') is also measured through codes
+    refined among that many (``parttok.refine``), as ``<name>_refined``: the same run, the same
+    tokens, a slower encoder."""
     current = training_splits(data_root)
     trained = []
     for name in names:
@@ -295,29 +295,38 @@ def _against(ours: dict, theirs: dict) -> str:
 
 
 def summary(results: dict) -> list[str]:
-    """parttok against the better run (lower in-distribution MPJPE) of each baseline; each
-    one-change variant of parttok against parttok; and parttok against a baseline trained
-    with the same change of augmentation."""
+    """parttok against the better run (lower in-distribution MPJPE) of each baseline, refined
+    codes against that run's refined codes; each one-change variant of parttok against
+    parttok (refined against refined; refined parttok against parttok); and parttok against a
+    baseline trained with the same change of augmentation."""
     if "parttok" not in results:
         return []
-    ours = results["parttok"]
+
+    def named(name: str) -> str:
+        return "parttok" if name == "parttok" else label(name, results)
+
     lines = [""]
     for family in ("t2mgpt", "rvq"):
-        runs = [n for n in results if n.split("_")[0] == family and n not in OWN_AUGMENTATION]
+        runs = [
+            n
+            for n in results
+            if n.split("_")[0] == family and n not in OWN_AUGMENTATION and not n.endswith(REFINED)
+        ]
         if not runs:
             continue
         best = min(runs, key=lambda name: results[name]["in_distribution"]["mpjpe_mm"])
-        for name in ("parttok", f"parttok{REFINED}"):
-            if name in results:
+        for ours, theirs in (("parttok", best), (f"parttok{REFINED}", f"{best}{REFINED}")):
+            if ours in results and theirs in results:
                 lines.append(
-                    f"{'parttok' if name == 'parttok' else label(name, results)} against "
-                    f"{LABELS[best]} (the better of its runs): "
-                    f"{_against(results[name], results[best])}."
+                    f"{named(ours)} against {named(theirs)} (the better of its runs): "
+                    f"{_against(results[ours], results[theirs])}."
                 )
     for name in results:
         if name.startswith("parttok_"):
+            refined_variant = name.endswith(REFINED) and name != f"parttok{REFINED}"
+            base = f"parttok{REFINED}" if refined_variant else "parttok"
             lines.append(
-                f"{label(name, results)} against parttok: {_against(results[name], ours)}."
+                f"{named(name)} against {named(base)}: {_against(results[name], results[base])}."
             )
     for baseline in results:
         if baseline.startswith("parttok") or baseline not in OWN_AUGMENTATION:
@@ -419,8 +428,9 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
             "",
             "Rows with refined codes: the same run, its tokens chosen through the decoder "
             "(`--refine`, `parttok.refine`: same codebooks and bits per second, a slower "
-            "encoder); the baselines' codes are their encoders' nearest (no such search is "
-            "built for them).",
+            "encoder). Every model gets the same search: parttok tries each part but the "
+            "root's, the baselines each column (the body code, each residual layer), all "
+            "judged by the same joint errors.",
         ]
     lines += summary(results)
     sources = next(iter(results.values()))["unseen"]["by_source"]
@@ -475,7 +485,8 @@ def main() -> int:
         type=int,
         default=0,
         metavar="N",
-        help="also measure parttok through codes refined among N (parttok.refine)",
+        help="also measure every model with codebooks through codes refined among N "
+        "(parttok.refine)",
     )
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args()
