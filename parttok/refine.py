@@ -20,7 +20,8 @@ one of their columns carries the root with the rest of the body, so none is kept
 the residual VQ's first layer measured worse on unseen clips).
 
 The codes are the same tokens (same codebooks, bits per second and decoder); only the encoder
-works harder: ``candidates`` + 1 decodes per part and half-sweep (tools/bench_throughput.py).
+works harder: ``candidates`` decodes per part and half-sweep (+ 1 after the first sweep, when
+a step's code may no longer be its nearest), tools/bench_refine.py.
 """
 
 from __future__ import annotations
@@ -53,15 +54,17 @@ def refine_codes(
     target = _JointError(features, mask, mean, std, model.frames_per_step, model.temporal)
     best, lowest = codes.clone(), torch.full((len(codes),), float("inf"), device=codes.device)
     steps = codes.shape[1]
-    for _ in range(sweeps):
+    for sweep in range(sweeps if candidates > 1 else 0):
         for part in _refined_parts(model):
             for phase in (0, 1):
                 chosen = torch.arange(phase, steps, 2, device=codes.device)
-                trials = codes.repeat(candidates + 1, 1, 1)  # (K + 1) * B rows, trial 0 now
                 tried = options[:, chosen, part].permute(2, 0, 1)  # (K, B, chosen)
+                if sweep == 0:  # these codes are still the nearest, trial 0's: not again
+                    tried = tried[1:]
+                trials = codes.repeat(len(tried) + 1, 1, 1)  # (N + 1) * B rows, trial 0 now
                 trials[len(codes) :, chosen, part] = tried.flatten(0, 1)
-                decoded = model.decode(trials, mask.repeat(candidates + 1, 1))
-                errors = target.step_errors(decoded)  # (K + 1, B, S)
+                decoded = model.decode(trials, mask.repeat(len(tried) + 1, 1))
+                errors = target.step_errors(decoded)  # (N + 1, B, S)
                 total = errors[0].sum(-1)  # (B,) of the codes as they are
                 better = total < lowest
                 best[better], lowest[better] = codes[better], total[better]

@@ -97,6 +97,29 @@ def test_refined_codes_reconstruct_the_real_clips_better(shipped, clips):
     assert mpjpe(shipped, codes, clips) < mpjpe(shipped, shipped.encode_batch(clips), clips) - 4
 
 
+def test_each_candidate_is_decoded_once_per_half_sweep(humanml3d_dir, clips, monkeypatch):
+    """The first sweep decodes the codes as they are (the nearest) and the other candidates,
+    not the nearest twice: N rows per clip, part and half-sweep; later sweeps N + 1 (a code may
+    have moved off its nearest); one candidate decodes nothing but the final check."""
+    tokenizer = small_tokenizer(humanml3d_dir, 0)
+    model = tokenizer.model
+    features, mask, mean, std = batch_of(tokenizer, clips[:2])
+    rows = []
+    decode = model.decode
+
+    def counting(codes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        rows.append(len(codes))
+        return decode(codes, mask)
+
+    monkeypatch.setattr(model, "decode", counting)
+    refine_codes(model, features, mask, mean, std, candidates=4, sweeps=2)
+    half_sweeps = 2 * len(_refined_parts(model))
+    assert rows == [4 * 2] * half_sweeps + [5 * 2] * half_sweeps + [2]
+    rows.clear()
+    refine_codes(model, features, mask, mean, std, candidates=1, sweeps=2)
+    assert rows == [2]
+
+
 def test_one_candidate_keeps_the_nearest_codes(shipped, clips):
     np.testing.assert_array_equal(
         np.concatenate(shipped.encode_batch(clips, refine=1)),
