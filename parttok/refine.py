@@ -9,15 +9,19 @@ each step's ``candidates`` nearest codes through the decoder, keeping at every s
 whose frames come out closest to the input: joints pelvis-aligned as MPJPE compares them, plus
 the same joints in each frame's facing frame (motion mode; pose mode: the latter only). Even
 steps are tried together, then odd ones, so that a step's neighbours hold still while it is
-judged. The part holding the pelvis keeps its nearest codes in motion mode: they carry the
-root's trajectory, whose errors integrate. Every clip ends with the codes of the lowest total
-error seen, so refined codes never reconstruct worse than the nearest ones by that measure.
+judged. In motion mode the part holding the pelvis comes last: its codes carry the root's
+trajectory, whose errors integrate, so they are judged once the other parts are settled
+(tried first, they cost the HumanML3D clips millimetres; last, every held-out set gains a
+little over leaving them nearest). Every clip ends with the codes of the lowest total error seen, so
+refined codes never reconstruct worse than the nearest ones by that measure.
 
 The whole-body baselines get the same search, so that tools/compare.py compares like with
-like: T2M-GPT's VQ tries its one body code, the residual VQ each layer in turn, coarsest
-first, among the codes nearest the residual the earlier layers' nearest codes leave. Every
-one of their columns carries the root with the rest of the body, so none is kept (keeping
-the residual VQ's first layer measured worse on unseen clips).
+like: T2M-GPT's VQ tries its one body code, the residual VQ each layer in turn among the
+codes nearest the residual the earlier layers' nearest codes leave. Every one of their
+columns carries the root with the rest of the body, so all are tried (keeping the residual
+VQ's first layer measured worse on unseen clips), the finest layer first and the coarsest,
+which carries the most of the trajectory, last (as parttok's root part; of the orders tried,
+the residual VQ's best in-distribution).
 
 The codes are the same tokens (same codebooks, bits per second and decoder); only the encoder
 works harder: ``candidates`` decodes per part and half-sweep (+ 1 after the first sweep, when
@@ -79,13 +83,15 @@ def refine_codes(
 
 
 def _refined_parts(model: nn.Module) -> list[int]:
-    """The code columns tried: a PartTokenizer's parts but the one holding the pelvis in motion
-    mode (its codes carry the root's trajectory); every column of the whole-body baselines
-    (their body code, or each residual layer, carries the trajectory and all the rest)."""
+    """The code columns tried, in order: a PartTokenizer's parts, the one holding the pelvis
+    last in motion mode (its codes carry the root's trajectory); every column of the
+    whole-body baselines (their body code, or each residual layer, carries the trajectory and
+    all the rest), the residual VQ's finest layer first and its coarsest last."""
     if "parts" not in model.config:
-        return list(range(model.num_parts))
+        return list(reversed(range(model.num_parts)))
     parts = list(model.config["parts"].values())
-    return [p for p, joints in enumerate(parts) if not (model.temporal and 0 in joints)]
+    holds_trajectory = [model.temporal and 0 in joints for joints in parts]
+    return sorted(range(len(parts)), key=lambda part: holds_trajectory[part])  # stable
 
 
 class _JointError:

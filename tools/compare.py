@@ -428,9 +428,9 @@ def markdown(results: dict, args: argparse.Namespace, sets: dict) -> str:
             "",
             "Rows with refined codes: the same run, its tokens chosen through the decoder "
             "(`--refine`, `parttok.refine`: same codebooks and bits per second, a slower "
-            "encoder). Every model gets the same search: parttok tries each part but the "
-            "root's, the baselines each column (the body code, each residual layer), all "
-            "judged by the same joint errors.",
+            "encoder). Every model gets the same search: parttok tries each part, the root's "
+            "last, the baselines each column (the body code; each residual layer, the coarsest "
+            "last), all judged by the same joint errors.",
         ]
     lines += summary(results)
     sources = next(iter(results.values()))["unseen"]["by_source"]

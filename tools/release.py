@@ -461,9 +461,10 @@ def refined_text(results: dict) -> str:
     return (
         textwrap.fill(
             f"Through codes refined among the {count} nearest (`--refine {count}`, "
-            "`parttok.refine`: each step's candidates tried through the decoder, the root's "
-            f"codes kept; the same tokens at the same bits per second), MPJPE (mm): {figures}. "
-            'Encoding then runs about a hundred times slower (BENCHMARKS.md, "Refined codes").',
+            "`parttok.refine`: each step's candidates tried through the decoder, part by "
+            "part, the root's last; the same tokens at the same bits per second), MPJPE (mm): "
+            f"{figures}. Encoding then runs about a hundred times slower in float32, fifty in "
+            'bf16-mixed (BENCHMARKS.md, "Refined codes").',
             width=95,
             break_on_hyphens=False,
         )
