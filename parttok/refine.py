@@ -12,8 +12,8 @@ steps are tried together, then odd ones, so that a step's neighbours hold still 
 judged. In motion mode the part holding the pelvis comes last: its codes carry the root's
 trajectory, whose errors integrate, so they are judged once the other parts are settled
 (tried first, they cost the HumanML3D clips millimetres; last, every held-out set gains a
-little over leaving them nearest). Every clip ends with the codes of the lowest total error seen, so
-refined codes never reconstruct worse than the nearest ones by that measure.
+little over leaving them nearest). Every clip ends with the codes of the lowest total error
+seen, so refined codes never reconstruct worse than the nearest ones by that measure.
 
 The whole-body baselines get the same search, so that tools/compare.py compares like with
 like: T2M-GPT's VQ tries its one body code, the residual VQ each layer in turn among the

