@@ -69,6 +69,9 @@ SMALL_TOKENIZER = dict(
     code_dim=8,
 )
 
+# The whole-body baselines at a size small enough for tests.
+SMALL_CONV = dict(width=32, depth=2, code_dim=16, codebook_size=32)
+
 
 def small_tokenizer(humanml3d_dir: Path, seed: int = 0, **options) -> Tokenizer:
     """A small PartTokenizer with random weights (``options`` override SMALL_TOKENIZER); one

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_TOKENIZER
+from conftest import SMALL_CONV, SMALL_TOKENIZER
 
 from parttok import model as model_module
 from parttok.baselines import ConvVQ, ResidualConvVQ
@@ -29,7 +29,6 @@ CLIPS = ("000000", "007005", "012314", "M010655")
 # Tiny sizes so every test runs in a second or two on two loaded cores: the shared small
 # configuration with its own joint width, codebook and the default attention window.
 SMALL = {**SMALL_TOKENIZER, "joint_dim": 16, "codebook_size": 32, "attention_window": 8}
-SMALL_CONV = dict(width=32, depth=2, code_dim=16, codebook_size=32)
 
 MODELS = {
     "six_parts": lambda: PartTokenizer(**SMALL),
