@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parttok.features import facing_angles, facing_frame_joints, features_to_joints
+from parttok.features import ArrayOrTensor, facing_angles, facing_frame_joints, features_to_joints
 
 # Joint groups used to report per-part error for every model (the six-part default).
 REPORT_PARTS = {
@@ -17,8 +17,8 @@ REPORT_PARTS = {
 }
 
 
-def pelvis_aligned(joints: np.ndarray) -> np.ndarray:
-    """(..., 22, 3) -> positions relative to the pelvis."""
+def pelvis_aligned(joints: ArrayOrTensor) -> ArrayOrTensor:
+    """(..., 22, 3) -> positions relative to the pelvis (numpy, or torch differentiably)."""
     return joints - joints[..., :1, :]
 
 

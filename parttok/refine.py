@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from parttok.features import facing_frame_joints, features_to_joints
+from parttok.metrics import pelvis_aligned
 
 
 @torch.no_grad()
@@ -110,8 +111,7 @@ class _JointError:
         raw = features.float() * self.std + self.mean
         joints = [facing_frame_joints(raw)]
         if self.world:
-            positions = features_to_joints(raw)
-            joints.append(positions - positions[..., :1, :])
+            joints.append(pelvis_aligned(features_to_joints(raw)))
         return joints
 
     def step_errors(self, decoded: Tensor) -> Tensor:

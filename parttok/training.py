@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from parttok.features import FEATURE_DIM, facing_angles, features_to_joints
 from parttok.io import slow_bfloat16
+from parttok.metrics import pelvis_aligned
 
 
 def pose_feature_fill(mean: Tensor, std: Tensor) -> Tensor:
@@ -70,10 +71,8 @@ def reconstruction_losses(
     if temporal:
         turned = facing_angles(raw)[..., 1:] - facing_angles(target_raw)[..., 1:]  # (B, T - 1)
         losses["facing"] = _masked_mean(turned.abs(), mask[:, 1:])
-    joints = features_to_joints(raw)  # (B, T, 22, 3) metres
-    target_joints = features_to_joints(target_raw)
-    joints = joints - joints[..., :1, :]
-    target_joints = target_joints - target_joints[..., :1, :]
+    joints = pelvis_aligned(features_to_joints(raw))  # (B, T, 22, 3) metres
+    target_joints = pelvis_aligned(features_to_joints(target_raw))
     losses["joints"] = _masked_mean((joints - target_joints).norm(dim=-1), mask)
     return losses
 
