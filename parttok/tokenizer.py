@@ -164,12 +164,12 @@ class Tokenizer:
         self.check_refine(refine)
         prepared = self._normalised(clips)
         results: list[np.ndarray] = [np.empty(0)] * len(prepared)
-        frames = BATCH_FRAMES // (refine + 1)  # refining decodes refine + 1 copies at once
+        frames = BATCH_FRAMES // max(refine, 1)  # refining decodes ``refine`` copies at once
+        mean, std = (torch.from_numpy(t).to(self.device) for t in (self.mean, self.std))
         for batch in length_batches([len(c) for c in prepared], batch_size, frames):
             features, mask = self._padded(prepared, batch)
             with self._autocast():
                 if refine:
-                    mean, std = (torch.from_numpy(t).to(self.device) for t in (self.mean, self.std))
                     codes = refine_codes(self.model, features, mask, mean, std, refine)
                 else:
                     codes = self.model.encode(features, mask)  # (B, S, P) or (B, S, P, D)
@@ -189,12 +189,12 @@ class Tokenizer:
         a positive count with a model that has codebooks."""
         if refine < 0:
             raise InputError(f"refine must be 0 (nearest codes) or a number of codes, got {refine}")
-        model = self.model
-        if refine and not self.refinable:
-            kind = getattr(getattr(model, "quantizer", None), "kind", None) or "no quantizer"
-            mode = f" ({model.mode} mode, {kind})" if hasattr(model, "mode") else ""
+        if refine and not self.refinable:  # a PartTokenizer in continuous mode or with FSQ
+            quantizer = self.model.quantizer
+            kind = "no quantizer" if quantizer is None else quantizer.kind
             raise InputError(
-                f"--refine needs a model with VQ codebooks, not a {type(model).__name__}" + mode
+                f"--refine needs a model with VQ codebooks, not a {type(self.model).__name__} "
+                f"({self.mode} mode, {kind})"
             )
 
     @torch.inference_mode()
