@@ -20,14 +20,13 @@ from parttok.features import FEATURE_DIM
 from parttok.model import (
     ModelOutput,
     PartQuantizer,
-    check_batch,
+    StepEncoder,
     check_codes,
     decode_step_mask,
     evaluating,
     in_float32,
     lookup_codes,
     nearest_codes,
-    step_mask_from,
 )
 
 
@@ -204,7 +203,7 @@ class ResidualQuantizer(nn.Module):
         return torch.stack(layer_codes, dim=-2)
 
 
-class _ConvTokenizer(nn.Module):
+class _ConvTokenizer(StepEncoder):
     """What ConvVQ and ResidualConvVQ share: the conv encoder and decoder around a quantizer
     of (B, S, 1, code_dim) vectors, and PartTokenizer's interface."""
 
@@ -256,9 +255,7 @@ class _ConvTokenizer(nn.Module):
         self, features: Tensor, mask: Tensor | None = None, quantize: bool = True
     ) -> ModelOutput:
         """As ``PartTokenizer.forward``: ``quantize`` False bypasses the codebooks."""
-        mask = check_batch(features, mask, self.frames_per_step)
-        step_mask = step_mask_from(mask, self.frames_per_step)
-        latents = self._encode_latents(features, mask, step_mask)
+        latents, step_mask = self._step_latents(features, mask)
         if quantize:
             vectors, codes, aux_loss = self.quantizer(latents, step_mask)
         else:
@@ -270,20 +267,8 @@ class _ConvTokenizer(nn.Module):
         """(B, T, 263) -> codes (B, S, P), -1 at padded steps; eval mode, codebooks untouched
         (before k-means initialisation every code vector is zero and all codes are 0)."""
         with evaluating(self):
-            mask = check_batch(features, mask, self.frames_per_step)
-            step_mask = step_mask_from(mask, self.frames_per_step)
-            latents = self._encode_latents(features, mask, step_mask)
+            latents, step_mask = self._step_latents(features, mask)
             return self.quantizer(latents, step_mask)[1]
-
-    @torch.no_grad()
-    def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
-        """As ``PartTokenizer.candidate_codes``: (B, T, 263) -> (B, S, P, count), the body code's
-        or each residual layer's ``count`` nearest, nearest first; -1 at padded steps."""
-        with evaluating(self):
-            mask = check_batch(features, mask, self.frames_per_step)
-            step_mask = step_mask_from(mask, self.frames_per_step)
-            latents = self._encode_latents(features, mask, step_mask)
-            return self.quantizer.candidates(latents, step_mask, count)
 
     @torch.no_grad()
     def decode(self, codes: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -521,7 +521,36 @@ class QueryPooling(nn.Module):
         return rearrange(out, "h (n q) d -> n q (h d)", q=queries)  # (B * S, Q, D)
 
 
-class PartTokenizer(nn.Module):
+class StepEncoder(nn.Module):
+    """What every parttok model shares (``PartTokenizer`` and the baselines): frames encoded
+    into latents per step of ``frames_per_step`` frames (each defines ``_encode_latents(
+    features, mask, step_mask)``), and a ``quantizer`` whose nearest codes the code search
+    reads (``parttok.refine``)."""
+
+    frames_per_step: int
+    quantizer: nn.Module | None
+
+    def _step_latents(self, features: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Features (B, T, 263) and an optional frame mask, checked -> latents (B, S, G, d)
+        and the step mask (B, S)."""
+        mask = check_batch(features, mask, self.frames_per_step)
+        step_mask = step_mask_from(mask, self.frames_per_step)  # (B, S)
+        return self._encode_latents(features, mask, step_mask), step_mask
+
+    @torch.no_grad()
+    def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
+        """(B, T, 263) -> the ``count`` nearest codes of each code column (a part, the body, a
+        residual layer) at each step, nearest first (the first are ``encode``'s): (B, S, P,
+        count) long, -1 at padded steps. Codebooks only (VQ): FSQ rounds its latents,
+        continuous mode has no codes."""
+        if self.quantizer is None:
+            raise ValueError("candidate codes need codebooks: continuous mode has no codes")
+        with evaluating(self):
+            latents, step_mask = self._step_latents(features, mask)
+            return self.quantizer.candidates(latents, step_mask, count)
+
+
+class PartTokenizer(StepEncoder):
     """The body-part tokenizer (see the module docstring). Keyword arguments only, all plain
     types; ``self.config`` holds them with defaults filled, so ``type(m)(**m.config)``
     rebuilds the model.
@@ -738,9 +767,7 @@ class PartTokenizer(nn.Module):
         its latents bounded and rounded)."""
         if not quantize and self.quantizer is not None and self.quantizer.kind == "fsq":
             raise ValueError("an FSQ model has no codebooks to bypass")
-        mask = check_batch(features, mask, self.frames_per_step)
-        step_mask = step_mask_from(mask, self.frames_per_step)  # (B, S)
-        latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)
+        latents, step_mask = self._step_latents(features, mask)  # (B, S, P, d), (B, S)
         if self.quantizer is None or not quantize:
             vectors, codes, aux_loss = latents, None, latents.new_zeros(())
         else:
@@ -754,9 +781,7 @@ class PartTokenizer(nn.Module):
         features (B, S, P, d), zero at padded steps). Runs in eval mode, never touches the
         codebooks; before k-means initialisation all codes are 0."""
         with evaluating(self):
-            mask = check_batch(features, mask, self.frames_per_step)
-            step_mask = step_mask_from(mask, self.frames_per_step)
-            latents = self._encode_latents(features, mask, step_mask)
+            latents, step_mask = self._step_latents(features, mask)
             if self.quantizer is None:
                 return latents
             return self.quantizer(latents, step_mask)[1]
@@ -765,19 +790,6 @@ class PartTokenizer(nn.Module):
     def has_codebooks(self) -> bool:
         """Whether codes are indices into codebooks (VQ), which ``candidate_codes`` searches."""
         return self.quantizer is not None and self.quantizer.kind == "vq"
-
-    @torch.no_grad()
-    def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
-        """(B, T, 263) -> the ``count`` nearest codes of each part at each step, nearest first
-        (the first are ``encode``'s): (B, S, P, count) long, -1 at padded steps. Codebooks
-        only (VQ): FSQ rounds its latents, continuous mode has no codes."""
-        if self.quantizer is None:
-            raise ValueError("candidate codes need codebooks: continuous mode has no codes")
-        with evaluating(self):
-            mask = check_batch(features, mask, self.frames_per_step)
-            step_mask = step_mask_from(mask, self.frames_per_step)
-            latents = self._encode_latents(features, mask, step_mask)  # (B, S, P, d)
-            return self.quantizer.candidates(latents, step_mask, count)
 
     @torch.no_grad()
     def decode(self, codes: Tensor, mask: Tensor | None = None) -> Tensor:
