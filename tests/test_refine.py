@@ -147,11 +147,12 @@ def test_pose_mode_tries_the_parts_in_their_order(humanml3d_dir, clips):
 
 
 @pytest.mark.parametrize("make", [ConvVQ, ResidualConvVQ], ids=["conv_vq", "residual_vq"])
-def test_the_whole_body_baselines_refine_every_code_column(humanml3d_dir, clips, make):
+def test_the_whole_body_baselines_refine_every_code_column(humanml3d_dir, clips, make, tmp_path):
     """T2M-GPT's VQ and the residual VQ get the same search (a like-for-like comparison):
     every column is tried (each carries the root with the rest of the body); a residual
     layer's candidates are the codes nearest the residual the earlier layers' nearest codes
-    leave; refined codes never do worse than the nearest by the refining measure."""
+    leave; refined codes never do worse than the nearest by the refining measure; a saved
+    baseline refines through ``parttok evaluate --refine`` too."""
     torch.manual_seed(0)
     tokenizer = initialised_tokenizer(make(**SMALL_CONV), humanml3d_dir)
     model = tokenizer.model
@@ -176,6 +177,14 @@ def test_the_whole_body_baselines_refine_every_code_column(humanml3d_dir, clips,
     codes = tokenizer.encode_batch(clips, refine=4)
     for row, clip_codes in enumerate(codes):
         np.testing.assert_array_equal(clip_codes, refined[row, : len(clip_codes)].numpy())
+    folder = tokenizer.save_pretrained(tmp_path / "baseline")  # and from the command line
+    clip, report = humanml3d_dir / "new_joint_vecs" / f"{CLIPS[1]}.npy", tmp_path / "r.json"
+    argv = ["evaluate", str(clip), "--checkpoint", str(folder), "--json", str(report)]
+    assert main([*argv, "--refine", "4"]) == 0
+    figures = json.loads(report.read_text())
+    assert figures["refine"] == 4 and figures["mpjpe_mm"] == pytest.approx(
+        mpjpe(tokenizer, codes[1:2], clips[1:2])
+    )
 
 
 def test_models_without_codebooks_and_bad_counts_are_refused(humanml3d_dir, shipped, clips):
