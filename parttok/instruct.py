@@ -191,6 +191,7 @@ class InstructSettings:
     camera: Camera = field(default_factory=Camera)
     random_azimuth: bool = True  # otherwise camera.azimuth for every pose
     refine: int = 0  # codes chosen among that many nearest through the decoder (parttok.refine)
+    split: str | None = None  # only the clips of ``<split>.txt`` in each folder (None: all)
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ class ConversationBuilder:
             motion=codes_to_text(codes, self.vocab),
             seconds=self._seconds(len(codes)),
         )
-        return record | {"clip": clip_id, "frames": list(frames)}
+        return record | {"clip": clip_id, "frames": list(frames), "caption": caption.text}
 
     def _predict_record(self, clip_id: str, codes: np.ndarray, rng: random.Random) -> dict:
         low, high = PREDICT_FRACTION
@@ -374,7 +375,7 @@ def build_conversations(
     clips = [
         _Clip(folder, clip_id)
         for folder in map(HumanML3DFolder, sources)
-        for clip_id in folder.ids()
+        for clip_id in folder.ids(settings.split)
     ]
     report.clips = len(clips)
     done, failed = process_batch(

@@ -19,6 +19,10 @@ COMMANDS = {
     "instruct": ("instruct", "build instruction-tuning conversations"),
     "render": ("render", "animate motion as GIF or MP4, side by side"),
     "compose": ("compose", "token files -> one with some parts' codes from another"),
+    "tune": ("tune", "instruction-tune a language model on motion tokens (LightningCLI)"),
+    "generate": ("generate", "text -> motion through a tuned language model"),
+    "caption": ("caption", "motion -> text through a tuned language model"),
+    "evaluate-llm": ("evaluate_llm", "measure a tuned language model on held-out clips"),
 }
 
 
@@ -56,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         from parttok.cli.train import run_lightning_cli
 
         return run_lightning_cli(argv[1:])
+    if argv[:1] == ["tune"]:
+        from parttok.cli.tune import run_tune
+
+        try:
+            return run_tune(argv[1:])
+        except ParttokError as error:
+            print(f"parttok tune: error: {error}", file=sys.stderr)
+            return 2
     args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="camera azimuth in degrees, 0 = in front (default: random per pose)",
     )
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default="all",
+        help="only the clips each folder's <split>.txt lists (default: all clips)",
+    )
     add_refine_argument(parser)
     parser.add_argument("-f", "--force", action="store_true", help="overwrite the output")
 
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         random_azimuth=args.azimuth is None,
         refine=args.refine,
+        split=None if args.split == "all" else args.split,
     )
     templates = load_templates(args.templates)
     tokenizer = Tokenizer.from_pretrained(args.checkpoint)

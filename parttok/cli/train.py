@@ -68,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     return run_lightning_cli(args.args)
 
 
-def run_lightning_cli(argv: list[str]) -> int:
-    """Fit a TokenizerModule on a MotionDataModule, configured by YAML and flags."""
+def run_lightning_cli(argv: list[str], module_class=None, data_class=None) -> int:
+    """Fit ``module_class`` on ``data_class`` (default: a TokenizerModule on a
+    MotionDataModule), configured by YAML and flags."""
     ParttokCLI(
-        TokenizerModule,
-        MotionDataModule,
+        module_class or TokenizerModule,
+        data_class or MotionDataModule,
         args=["fit", *argv],
         save_config_kwargs={"overwrite": True},
     )

@@ -1,0 +1,254 @@
+"""A tuned motion language model at work: text -> motion, motion -> text, motion -> more.
+
+``MotionLLM.from_pretrained(path)`` loads a model that ``parttok tune`` exported (None: the
+one shipped with parttok) with the motion tokenizer its codes belong to. Motion answers are
+decoded under ``MotionGrammar``: the start token, then one code token per part in the
+vocabulary's order, step after step, then the end token, so every answer parses; a requested
+duration fixes the number of steps. Captions are decoded greedily with the motion tokens
+suppressed. Sampling is seeded: the same seed gives the same motion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parttok.errors import InputError, TokenParseError
+from parttok.instruct import load_templates
+from parttok.llm.chat import prompt_text
+from parttok.llm.store import load_tuned
+from parttok.tokens import Vocabulary, codes_to_text, text_to_codes
+
+MAX_SECONDS = 20.0
+
+
+class MotionGrammar:
+    """A logits processor that lets a batch of answers say only ``vocab``'s motions:
+    ``start``, then steps of one code token per part in order, then ``end`` and ``eos``.
+
+    ``steps``: exactly that many steps (a requested duration); otherwise between
+    ``min_steps`` and ``max_steps``. ``prompt_length``: where the answers begin.
+    """
+
+    def __init__(
+        self,
+        hf_tokenizer,
+        vocab: Vocabulary,
+        prompt_length: int,
+        min_steps: int = 1,
+        max_steps: int = 50,
+        steps: int | None = None,
+    ) -> None:
+        ids = hf_tokenizer.convert_tokens_to_ids
+        self.start, self.end = ids(vocab.start), ids(vocab.end)
+        self.stop = hf_tokenizer.eos_token_id
+        parts = np.arange(vocab.num_parts)[:, None]
+        codes = np.arange(vocab.codebook_size)[None, :]
+        self.part_ids = torch.tensor(
+            [ids(list(row)) for row in vocab.code_tokens[parts, codes]]
+        )  # (P, K)
+        self.prompt_length = prompt_length
+        self.min_steps, self.max_steps = (steps, steps) if steps else (min_steps, max_steps)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        answer = input_ids[:, self.prompt_length :]  # (B, n): every row is n tokens along
+        allowed = torch.zeros_like(scores, dtype=torch.bool)  # (B, V)
+        count = answer.shape[1]
+        if count == 0:
+            allowed[:, self.start] = True
+        else:
+            codes = count - 1
+            part, steps = codes % len(self.part_ids), codes // len(self.part_ids)
+            if steps < self.max_steps:
+                allowed[:, self.part_ids[part]] = True
+            if part == 0 and steps >= self.min_steps:
+                allowed[:, self.end] = True
+            ended = (answer == self.end).any(dim=1) | (answer == self.stop).any(dim=1)
+            allowed[ended] = False
+            allowed[ended, self.stop] = True
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A motion an LLM wrote: codes (S, P) and the text they came from."""
+
+    codes: np.ndarray
+    text: str
+
+
+class MotionLLM:
+    """A tuned language model and the motion tokenizer of its vocabulary."""
+
+    def __init__(self, model, hf_tokenizer, vocabularies: list[Vocabulary], tokenizer, meta):
+        self.model, self.hf_tokenizer = model, hf_tokenizer
+        self.vocab = vocabularies[0]
+        self.vocabularies = vocabularies
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.templates = load_templates()
+        self.motion_token_ids = sorted(set(meta["token_ids"]))
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, base: str | None = None, checkpoint: str | None = None
+    ) -> MotionLLM:
+        """Load a tuned model folder (None: shipped) on its base (or ``base``) with its motion
+        tokenizer (the recorded one, or ``checkpoint``)."""
+        from parttok.tokenizer import Tokenizer
+
+        model, hf_tokenizer, meta, vocabularies = load_tuned(path, base)
+        source = checkpoint or meta["tokenizers"][0]
+        tokenizer = Tokenizer.from_pretrained(source)
+        if vocabularies[0].identity not in (None, tokenizer.identity):
+            raise InputError(
+                f"the language model's tokens belong to tokenizer {vocabularies[0].identity}, "
+                f"not {tokenizer.identity} (pass the right one with --checkpoint)"
+            )
+        return cls(model, hf_tokenizer, vocabularies, tokenizer, meta)
+
+    # --- prompts -------------------------------------------------------------------------
+    def _prompt(self, group: str, with_seconds: bool, **values: str) -> str:
+        """The first template of ``group`` that uses ``{seconds}`` exactly when asked."""
+        for template in self.templates[group]:
+            if ("{seconds}" in template.user) == with_seconds:
+                return template.user.format(**values)
+        return self.templates[group][0].user.format(**values)
+
+    def steps_for(self, seconds: float) -> int:
+        """Steps of codes for a duration in seconds."""
+        if not 0 < seconds <= MAX_SECONDS:
+            raise InputError(f"seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+        return max(1, round(seconds * self.vocab.fps / self.vocab.frames_per_step))
+
+    def _seconds_text(self, steps: int) -> str:
+        return f"{steps * self.vocab.frames_per_step / self.vocab.fps:.1f}"
+
+    # --- generation ----------------------------------------------------------------------
+    def _run(self, prompts: list[str], max_new_tokens: int, processor=None, sample=False, **kw):
+        """Answers (texts) to chat prompts, batched with left padding."""
+        tok = self.hf_tokenizer
+        texts = [prompt_text(tok, p) for p in prompts]
+        tok.padding_side = "left"
+        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        extra = {"logits_processor": [processor]} if processor is not None else {}
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **extra,
+                **kw,
+            )
+        answers = out[:, batch["input_ids"].shape[1] :]
+        return [tok.decode(row, skip_special_tokens=True) for row in answers]
+
+    def generate(
+        self,
+        texts: list[str] | str,
+        seconds: float | list[float | None] | None = None,
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 20,
+        max_seconds: float = 10.0,
+    ) -> list[Generated]:
+        """Motions for descriptions; a duration (or one per text) fixes the length."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or any(not t.strip() for t in texts):
+            raise InputError("the description is empty")
+        durations = seconds if isinstance(seconds, list) else [seconds] * len(texts)
+        results: list[Generated] = []
+        groups: dict[int | None, list[int]] = {}
+        for index, duration in enumerate(durations):
+            groups.setdefault(None if duration is None else self.steps_for(duration), []).append(
+                index
+            )
+        out: dict[int, Generated] = {}
+        for steps, indices in groups.items():
+            prompts = [
+                self._prompt(
+                    "t2m",
+                    steps is not None,
+                    caption=texts[i].strip(),
+                    seconds=self._seconds_text(steps or 1),
+                    motion="",
+                )
+                for i in indices
+            ]
+            limit = steps or self.steps_for(max_seconds)
+            for i, generated in zip(
+                indices, self._motions(prompts, limit, steps, seed, temperature, top_k), strict=True
+            ):
+                out[i] = generated
+        results = [out[i] for i in range(len(texts))]
+        return results
+
+    def predict(
+        self,
+        codes: list[np.ndarray],
+        seconds: float = 2.0,
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 20,
+    ) -> list[Generated]:
+        """Continuations (``seconds`` long) of motions given as codes (S, P)."""
+        steps = self.steps_for(seconds)
+        prompts = [
+            self._prompt(
+                "predict",
+                True,
+                motion=codes_to_text(c, self.vocab),
+                seconds=self._seconds_text(steps),
+                continuation="",
+            )
+            for c in codes
+        ]
+        return self._motions(prompts, steps, steps, seed, temperature, top_k)
+
+    def _motions(self, prompts, limit, steps, seed, temperature, top_k) -> list[Generated]:
+        tok = self.hf_tokenizer
+        tok.padding_side = "left"
+        length = tok(
+            [prompt_text(tok, p) for p in prompts], padding=True, add_special_tokens=False
+        )["input_ids"]
+        grammar = MotionGrammar(tok, self.vocab, len(length[0]), max_steps=limit, steps=steps)
+        torch.manual_seed(seed)
+        answers = self._run(
+            prompts,
+            max_new_tokens=limit * self.vocab.num_parts + 3,
+            processor=grammar,
+            sample=temperature > 0,
+            **({"temperature": temperature, "top_k": top_k} if temperature > 0 else {}),
+        )
+        results = []
+        for answer in answers:
+            try:
+                parsed = text_to_codes(answer, self.vocab, repair=False)
+            except TokenParseError as error:
+                raise InputError(f"the model's answer did not parse ({error})") from None
+            results.append(Generated(parsed.codes, answer))
+        return results
+
+    def caption(self, codes: list[np.ndarray], max_new_tokens: int = 40) -> list[str]:
+        """A caption for each motion given as codes (S, P), decoded greedily."""
+        prompts = [
+            self._prompt(
+                "caption",
+                False,
+                motion=codes_to_text(c, self.vocab),
+                caption="",
+                seconds=self._seconds_text(len(c)),
+            )
+            for c in codes
+        ]
+        answers = self._run(prompts, max_new_tokens, suppress_tokens=self.motion_token_ids)
+        return [answer.strip() for answer in answers]
+
+    def chat(self, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers to plain prompts (what the language-retention check asks)."""
+        return [a.strip() for a in self._run(prompts, max_new_tokens)]

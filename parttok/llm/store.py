@@ -1,0 +1,141 @@
+"""A tuned model on disk: only what differs from its base, in safetensors, and a JSON file
+that says which base, vocabularies and motion tokenizers it belongs to.
+
+Folder layout (``export_tuned`` writes it atomically, ``load_tuned`` reads it):
+
+- ``adapter_model.safetensors``, ``adapter_config.json``: peft's LoRA adapter with the
+  trained rows of the new tokens, stored in float16;
+- ``parttok_llm.json``: ``format``, ``version``, ``base``, ``vocabularies`` (one per motion
+  tokenizer), ``token_ids`` (the new tokens' ids, checked on load), ``tokenizers`` (their
+  paths, None for the shipped model) and ``training``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from parttok.errors import InputError
+from parttok.tokens import Vocabulary, add_motion_tokens
+
+FORMAT_NAME = "parttok-llm"
+FORMAT_VERSION = 1
+META_FILE = "parttok_llm.json"
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def default_llm_path() -> Path:
+    """The tuned model shipped with parttok."""
+    return Path(__file__).resolve().parents[1] / "pretrained" / "llm"
+
+
+def motion_vocabularies(tokenizer: str | None, pose_tokenizer: str | None, naming: str):
+    """([vocabularies], [parttok Tokenizers]) of a motion tokenizer (None: the shipped one)
+    and an optional pose tokenizer."""
+    from parttok.tokenizer import Tokenizer
+
+    loaded = [Tokenizer.from_pretrained(tokenizer)]
+    if pose_tokenizer:
+        loaded.append(Tokenizer.from_pretrained(pose_tokenizer))
+    return [Vocabulary.from_tokenizer(t, naming) for t in loaded], loaded
+
+
+def export_tuned(
+    peft_model,
+    target: str | Path,
+    base: str,
+    vocabularies: list[Vocabulary],
+    token_ids: list[int],
+    tokenizers: tuple[str | None, ...],
+    training: dict,
+) -> Path:
+    """Write the adapter and its description to ``target`` (replacing it atomically)."""
+    from safetensors.torch import load_file, save_file
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        staging.chmod(0o755)
+        # the new rows are in the trainable-token weights; the base's embeddings are not saved
+        peft_model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
+        (staging / "README.md").unlink(missing_ok=True)  # peft's empty card; parttok writes its own
+        adapter = staging / ADAPTER_FILE
+        tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(adapter).items()}
+        save_file(tensors, adapter, metadata={"format": "pt"})
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "base": base,
+            "vocabularies": [v.to_dict() for v in vocabularies],
+            "token_ids": [int(i) for i in token_ids],
+            "tokenizers": [None if t is None else str(t) for t in tokenizers],
+            "training": training,
+        }
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_meta(path: str | Path) -> dict:
+    """The checked ``parttok_llm.json`` of a tuned model folder."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise InputError(f"{path}: not a tuned parttok language model (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise InputError(f"{meta_path}: unreadable ({str(error)[:80]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise InputError(f"{meta_path}: not a {FORMAT_NAME} file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise InputError(f"{meta_path}: version {meta.get('version')!r}, expected {FORMAT_VERSION}")
+    if not isinstance(meta.get("vocabularies"), list) or not meta["vocabularies"]:
+        raise InputError(f"{meta_path}: no vocabularies")
+    if not isinstance(meta.get("token_ids"), list):
+        raise InputError(f"{meta_path}: no token ids")
+    if not (path / ADAPTER_FILE).is_file():
+        raise InputError(f"{path}: no {ADAPTER_FILE}")
+    return meta
+
+
+def load_tuned(path: str | Path | None = None, base: str | None = None):
+    """(model, hf_tokenizer, meta, vocabularies) of a tuned model folder (None: shipped),
+    on its recorded base or ``base``; the adapter is merged into the weights for speed."""
+    from peft import PeftModel
+
+    from parttok.llm.base import load_base
+
+    path = Path(path) if path is not None else default_llm_path()
+    meta = read_meta(path)
+    vocabularies = [
+        Vocabulary.from_json(json.dumps(v), f"{path}/{META_FILE}") for v in meta["vocabularies"]
+    ]
+    model, hf_tokenizer = load_base(base or meta["base"])
+    ids: list[int] = []
+    for vocab in vocabularies:
+        ids += add_motion_tokens(model, hf_tokenizer, vocab, init="mean")
+    if sorted(set(ids)) != meta["token_ids"]:
+        raise InputError(f"{path}: the base's tokenizer gives the motion tokens other ids")
+    try:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        raise InputError(f"{path}: cannot load the adapter ({message})") from None
+    model.eval()
+    return model, hf_tokenizer, meta, vocabularies

@@ -1,0 +1,323 @@
+"""Instruction tuning of a pretrained causal LM on motion tokens, with pytorch-lightning.
+
+``MotionLanguageModule`` loads the base (``parttok.llm.base``), adds the motion vocabulary of
+a trained parttok tokenizer to its tokenizer and embeddings (new rows from the codebook
+projection, ``parttok.tokens.add_motion_tokens``), and wraps it in LoRA through peft: low-rank
+adapters on the chosen linear layers and only the new token rows trainable. The base's own
+weights never change, so checkpoints and the exported model hold only what differs from the
+base. ``ConversationDataModule`` serves ``parttok instruct`` files: the base's chat template,
+loss on answers only, batches of similar lengths, one validation loader per task (so each
+task's validation loss is logged apart).
+
+At the end of training the module exports the tuned model to ``<default_root_dir>/llm``
+(``parttok.llm.model.MotionLLM.from_pretrained`` loads it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Sampler
+
+from parttok.errors import InputError
+from parttok.llm.base import base_name, load_base, require_transformers
+from parttok.llm.chat import IGNORE, Example, encode_conversation, read_conversations
+from parttok.llm.store import export_tuned, motion_vocabularies
+from parttok.tokens import add_motion_tokens
+
+
+class MotionLanguageModule(pl.LightningModule):
+    """A base LLM with the motion vocabulary and LoRA adapters, tuned on conversations.
+
+    Args:
+        base: ``smollm2`` (the default base), a Hugging Face model folder or a ``.gguf`` file.
+        tokenizer: the motion tokenizer whose codes the conversations hold (None: shipped).
+        pose_tokenizer: a pose tokenizer, when the data has pose conversations.
+        naming: token naming of the vocabulary (``parttok`` or ``motiongpt``).
+        lora_rank, lora_alpha, lora_dropout: LoRA's rank, scale and dropout.
+        target_modules: LoRA's target layers (``all-linear`` or a list of module names).
+        embedding_init: new token rows from the ``codebook`` projection or the ``mean`` row.
+        lr, weight_decay, warmup_steps: AdamW with a linear warm-up, then cosine to lr / 10.
+        export_dir: where the tuned model goes when training ends (default: run root / llm).
+    """
+
+    def __init__(
+        self,
+        base: str = "smollm2",
+        tokenizer: str | None = None,
+        pose_tokenizer: str | None = None,
+        naming: str = "parttok",
+        lora_rank: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        target_modules: str | list[str] = "all-linear",
+        embedding_init: str = "codebook",
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        require_transformers()
+        from peft import LoraConfig, get_peft_model
+
+        self.save_hyperparameters()
+        model, self.hf_tokenizer = load_base(base)
+        self.vocabularies, motion_tokenizers = motion_vocabularies(
+            tokenizer, pose_tokenizer, naming
+        )
+        new_ids: list[int] = []
+        for vocab, motion_tokenizer in zip(self.vocabularies, motion_tokenizers, strict=True):
+            new_ids += add_motion_tokens(
+                model, self.hf_tokenizer, vocab, motion_tokenizer, init=embedding_init
+            )
+        self.new_token_ids = sorted(set(new_ids))
+        config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=target_modules,
+            trainable_token_indices={_embedding_name(model): self.new_token_ids},
+            task_type="CAUSAL_LM",
+        )
+        self.llm = get_peft_model(model, config)
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.train_started: float | None = None
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        task = self.trainer.datamodule.val_tasks[dataloader_idx]
+        size = len(batch["input_ids"])
+        self.log(f"val/{task}", loss, batch_size=size, add_dataloader_idx=False)
+        self._val_losses.append((float(loss) * size, size))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_losses: list[tuple[float, int]] = []
+
+    def on_validation_epoch_end(self) -> None:
+        total = sum(n for _, n in self._val_losses)
+        if total:
+            mean = sum(s for s, _ in self._val_losses) / total
+            self.log("val/loss", mean, prog_bar=True)
+
+    def configure_optimizers(self):
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        total = max(1, self.trainer.max_steps) if self.trainer.max_steps > 0 else 1000
+        warmup = max(1, self.hparams.warmup_steps)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # only what training changes: the adapters and the new token rows
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }
+
+    def on_train_start(self) -> None:
+        self.train_started = time.monotonic()
+
+    def on_train_end(self) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        target = self.hparams.export_dir or str(Path(self.trainer.default_root_dir) / "llm")
+        training = {"global_step": int(self.global_step)}
+        if self.train_started is not None:
+            training["seconds"] = round(time.monotonic() - self.train_started, 1)
+        export_tuned(
+            self.llm,
+            target,
+            base=base_name(self.hparams.base),
+            vocabularies=self.vocabularies,
+            token_ids=self.new_token_ids,
+            tokenizers=(self.hparams.tokenizer, self.hparams.pose_tokenizer),
+            training=training,
+        )
+        rank_zero_info(f"tuned model: {target}")
+
+
+def _embedding_name(model) -> str:
+    """The module name (last component) of ``model``'s input embedding."""
+    embedding = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is embedding:
+            return name.rsplit(".", 1)[-1]
+    raise InputError("the base model has no input embedding module")
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of similar lengths (less padding): the examples are shuffled, cut
+    into pools of ``pool`` batches, sorted by length within a pool, batched, and the batches
+    shuffled. Seeded by ``seed`` and the epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, pool: int = 32):
+        self.lengths, self.batch_size, self.seed, self.pool = lengths, batch_size, seed, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), span):
+            pool = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (B, L)."""
+    length = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class ConversationDataModule(pl.LightningDataModule):
+    """Conversations from ``parttok instruct`` files, tokenised by the module's base.
+
+    Args:
+        train_path: the training conversations (``.jsonl`` or ``.json``).
+        val_path: validation conversations (None: no validation).
+        tasks: keep only these tasks (None: all).
+        exclude_captions: captions held out of tuning: every conversation about a clip
+            with one of them is left out of ``train_path`` (new combinations to test on).
+        max_length: longer conversations are left out (and counted), never cut.
+        batch_size: conversations per step.
+        val_per_task: at most this many validation conversations per task (evenly spaced).
+        seed: batch order.
+    """
+
+    def __init__(
+        self,
+        train_path: str,
+        val_path: str | None = None,
+        tasks: list[str] | None = None,
+        exclude_captions: list[str] | None = None,
+        max_length: int = 384,
+        batch_size: int = 8,
+        val_per_task: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_examples: list[Example] = []
+        self.val_examples: dict[str, list[Example]] = {}
+        self.val_tasks: list[str] = []
+
+    def setup(self, stage: str) -> None:
+        hf_tokenizer = self.trainer.lightning_module.hf_tokenizer
+        self.pad_id = hf_tokenizer.pad_token_id
+        hp = self.hparams
+        held_out = set(hp.exclude_captions or ())
+        records = _usable(read_conversations(hp.train_path), hp.tasks, held_out)
+        self.train_examples = self._encode(hf_tokenizer, records, hp.train_path)
+        if not self.train_examples:
+            raise InputError(f"{hp.train_path}: no conversations to train on")
+        if hp.val_path:
+            val_records = _usable(read_conversations(hp.val_path), hp.tasks, set())
+            by_task: dict[str, list[Example]] = {}
+            for example in self._encode(hf_tokenizer, val_records, hp.val_path):
+                by_task.setdefault(example.task, []).append(example)
+            self.val_tasks = sorted(by_task)
+            self.val_examples = {t: _evenly(by_task[t], hp.val_per_task) for t in self.val_tasks}
+
+    def _encode(self, hf_tokenizer, records: list[dict], path: str) -> list[Example]:
+        encoded = [
+            encode_conversation(
+                hf_tokenizer, r["user"], r["assistant"], r["task"], self.hparams.max_length
+            )
+            for r in records
+        ]
+        kept = [e for e in encoded if e is not None]
+        if len(kept) < len(encoded):
+            rank_zero_info(
+                f"{path}: {len(encoded) - len(kept)} conversation(s) longer than "
+                f"{self.hparams.max_length} tokens left out"
+            )
+        return kept
+
+    def train_dataloader(self) -> DataLoader:
+        lengths = [len(e.input_ids) for e in self.train_examples]
+        return DataLoader(
+            self.train_examples,
+            batch_sampler=LengthGroupedBatches(lengths, self.hparams.batch_size, self.hparams.seed),
+            collate_fn=lambda batch: collate(batch, self.pad_id),
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(
+                self.val_examples[task],
+                batch_size=self.hparams.batch_size,
+                collate_fn=lambda batch: collate(batch, self.pad_id),
+            )
+            for task in self.val_tasks
+        ]
+
+
+def _usable(records, tasks: list[str] | None, held_out: set[str]) -> list[dict]:
+    """Records of the wanted tasks, without any about a clip that has a held-out caption."""
+    records = [r for r in records if tasks is None or r["task"] in tasks]
+    excluded = {r.get("clip") for r in records if r.get("caption") in held_out}
+    return [r for r in records if not (r.get("clip") in excluded and r.get("clip") is not None)]
+
+
+def _evenly(items: list, count: int) -> list:
+    if len(items) <= count:
+        return items
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from ``path``; one InputError when unreadable."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise InputError(f"{path}: unreadable JSON ({str(error)[:80]})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return value
