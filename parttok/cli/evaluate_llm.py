@@ -194,7 +194,8 @@ def markdown(report: dict, machine: str) -> str:
         row = report["language"]
         lines += [
             f"Language kept ({row['questions']} general questions): "
-            f"base {_pct(row['base_accuracy'])}, tuned {_pct(row['tuned_accuracy'])} ({_pct(row['kept_of_base_right'])} of those "
+            f"base {_pct(row['base_accuracy'])}, tuned {_pct(row['tuned_accuracy'])} "
+            f"({_pct(row['kept_of_base_right'])} of those "
             f"the base answers right); KL from the base {row['kl_from_base']:.3f} nats.",
             "",
         ]
