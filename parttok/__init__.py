@@ -8,6 +8,8 @@ The public API::
     motion = parttok.load_bvh("clip.bvh")                # .joints (T, 22, 3), 20 fps, metres
     tok = parttok.Tokenizer.from_pretrained()            # the shipped model
     codes = tok.encode(features)                         # (T // 4, parts) ints
+    llm = parttok.MotionLLM.from_pretrained()            # the shipped tuned language model
+    motion = llm.generate("a person runs.", seconds=3)[0].codes  # (15, 6) ints
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _EXPORTS = {
     "ResidualConvVQ": "parttok.baselines",
     "HumanML3DFolder": "parttok.data",
     "MotionDataModule": "parttok.data",
+    "MotionLLM": "parttok.llm.model",
     "compose_codes": "parttok.composition",
     "composition_errors": "parttok.composition",
     "ParttokError": "parttok.errors",

@@ -18,6 +18,15 @@ from parttok.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same random state, so none depends on the tests before it."""
+    import random
+
+    random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared real-data folder; a missing folder fails the tests that need it."""

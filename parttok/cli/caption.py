@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return llm.tokenizer.encode(features)
 
     done, failed = process_batch(clips, encode, "encode", show_progress=False)
+    if not done:
+        raise InputError("no clip to caption; see the messages above")
     rows = []
     for start in range(0, len(done), args.batch_size):
         chunk = done[start : start + args.batch_size]
