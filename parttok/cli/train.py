@@ -42,7 +42,7 @@ class ParttokCLI(LightningCLI):
         self.config = parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.logger in (None, True):
             root = config.trainer.default_root_dir or "."
             config.trainer.logger = False  # replaced by the loggers below once instantiated

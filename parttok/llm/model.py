@@ -85,7 +85,7 @@ class MotionLLM:
 
     def __init__(self, model, hf_tokenizer, vocabularies: list[Vocabulary], tokenizer, meta):
         self.model, self.hf_tokenizer = model, hf_tokenizer
-        self.vocab = vocabularies[0]
+        self.vocab = vocabularies[0] if vocabularies else None
         self.vocabularies = vocabularies
         self.tokenizer = tokenizer
         self.meta = meta

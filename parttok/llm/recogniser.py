@@ -138,8 +138,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mean_a, mean_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    root = root.real
+    root = np.real(linalg.sqrtm(cov_a @ cov_b))
     return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
 
 
