@@ -166,12 +166,10 @@ def build_vector_quantizer(
     dead_code_threshold: float,
     commitment_weight: float,
     rotation_trick: bool = False,
-    cosine: bool = False,
 ) -> VectorQuantize:
     """An EMA VectorQuantize with one codebook per group over (1, N, groups * code_dim).
     Gradients pass the quantizer straight through, or rotated onto each code vector's
-    direction and scaled by the norms' ratio (``rotation_trick``, Fifty et al. 2024).
-    ``cosine``: unit-length code vectors, the nearest by angle (Yu et al. 2022, ViT-VQGAN)."""
+    direction and scaled by the norms' ratio (``rotation_trick``, Fifty et al. 2024)."""
     return VectorQuantize(
         dim=groups * code_dim,
         codebook_dim=code_dim,
@@ -183,7 +181,6 @@ def build_vector_quantizer(
         threshold_ema_dead_code=dead_code_threshold,
         commitment_weight=commitment_weight,
         rotation_trick=rotation_trick,
-        use_cosine_sim=cosine,
     )
 
 
@@ -193,9 +190,7 @@ class PartQuantizer(nn.Module):
     In training mode the library quantizer sees only the real steps (so padding never enters
     the EMA, k-means or dead-code statistics). In eval mode codes are the nearest codebook
     entries, computed here, so the codebook is never touched; before the first training
-    forward (k-means init) every code vector is zero and all codes come out 0. With
-    ``cosine`` the latents must come unit-length (as the code vectors are kept): the nearest
-    code by distance is then the nearest by angle.
+    forward (k-means init) every code vector is zero and all codes come out 0.
     """
 
     def __init__(
@@ -211,7 +206,6 @@ class PartQuantizer(nn.Module):
         dead_code_threshold: float = 1.0,
         commitment_weight: float = 0.02,
         rotation_trick: bool = False,
-        cosine: bool = False,
     ) -> None:
         super().__init__()
         self.num_parts, self.kind = num_parts, kind
@@ -227,7 +221,6 @@ class PartQuantizer(nn.Module):
                 dead_code_threshold,
                 commitment_weight,
                 rotation_trick,
-                cosine,
             )
 
     @property
@@ -572,7 +565,6 @@ class PartTokenizer(StepEncoder):
             rotation_trick: gradients reach the encoder through the rotation trick, not
             straight through (off by default: trained 3,000 steps of configs/cpu.yaml it is
             worse on every held-out set; BENCHMARKS.md, "Training recipe").
-        cosine_codes: unit-length latents and code vectors, codes chosen by angle (VQ only).
         llm_hidden_size, projector: continuous mode's projector ("linear" or "mlp").
     """
 
@@ -601,7 +593,6 @@ class PartTokenizer(StepEncoder):
         dead_code_threshold: float = 1.0,
         commitment_weight: float = 0.02,
         rotation_trick: bool = False,
-        cosine_codes: bool = False,
         dropout: float = 0.0,
         llm_hidden_size: int | None = None,
         projector: str = "linear",
@@ -622,7 +613,6 @@ class PartTokenizer(StepEncoder):
             codebook_size,
             llm_hidden_size,
             projector,
-            cosine_codes,
         )
         self.config = dict(
             mode=mode,
@@ -645,7 +635,6 @@ class PartTokenizer(StepEncoder):
             dead_code_threshold=dead_code_threshold,
             commitment_weight=commitment_weight,
             rotation_trick=rotation_trick,
-            cosine_codes=cosine_codes,
             dropout=dropout,
             llm_hidden_size=llm_hidden_size,
             projector=projector,
@@ -701,9 +690,7 @@ class PartTokenizer(StepEncoder):
                 dead_code_threshold=dead_code_threshold,
                 commitment_weight=commitment_weight,
                 rotation_trick=rotation_trick,
-                cosine=cosine_codes,
             )
-        self.cosine_codes = cosine_codes
 
         # Decoder.
         self.from_code = GroupedLinear(num_parts, self.code_dim, dim, bias=False)
@@ -823,8 +810,6 @@ class PartTokenizer(StepEncoder):
         for layer in self.encoder:
             tokens = layer(tokens, step_mask)
         latents = self.to_code(self.part_pooling(tokens))  # (B, S, P, D) -> (B, S, P, d)
-        if self.cosine_codes:
-            latents = F.normalize(latents, dim=-1)
         return latents.masked_fill(~step_mask[..., None, None], 0.0)
 
     def _decode_vectors(self, vectors: Tensor, step_mask: Tensor) -> Tensor:
@@ -868,7 +853,6 @@ def _check_options(
     codebook_size: int,
     llm_hidden_size: int | None,
     projector: str,
-    cosine_codes: bool,
 ) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -889,8 +873,6 @@ def _check_options(
         raise ValueError("llm_hidden_size (a projector) is for mode 'continuous'")
     if projector not in ("linear", "mlp"):
         raise ValueError(f"projector must be 'linear' or 'mlp', got {projector!r}")
-    if cosine_codes and (quantizer != "vq" or mode == "continuous"):
-        raise ValueError("cosine_codes is for quantizer 'vq' in mode 'motion' or 'pose'")
 
 
 def _build_projector(kind: str, code_dim: int, hidden_size: int) -> nn.Module:

@@ -630,3 +630,18 @@ def test_real_base_answers_and_tunes_a_step(tmp_path, conversations, monkeypatch
     arguments += ["--trainer.default_root_dir", str(root), "--data.exclude_captions", "[]"]
     assert main(arguments) == 0
     assert (root / "llm" / "adapter_model.safetensors").is_file()
+
+
+def test_export_checkpoint_gives_the_exported_model(llm, tuned, tiny_base, tmp_path):
+    """A tuned model exported from last.ckpt generates exactly what the end-of-training
+    export does (the same adapter and rows); a file that is no checkpoint is one InputError."""
+    from parttok.llm.tune import export_checkpoint
+
+    target = export_checkpoint(tuned / "checkpoints" / "last.ckpt", tmp_path / "again")
+    again = MotionLLM.from_pretrained(target, base=str(tiny_base))
+    first = llm.generate(["a person walks."], seconds=1.0, seed=5)[0]
+    second = again.generate(["a person walks."], seconds=1.0, seed=5)[0]
+    np.testing.assert_array_equal(first.codes, second.codes)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable tune checkpoint"):
+        export_checkpoint(tmp_path / "bad.ckpt", tmp_path / "bad")

@@ -33,7 +33,6 @@ SMALL = {**SMALL_TOKENIZER, "joint_dim": 16, "codebook_size": 32, "attention_win
 MODELS = {
     "six_parts": lambda: PartTokenizer(**SMALL),
     "five_parts": lambda: PartTokenizer(**SMALL, parts=FIVE_PARTS),
-    "cosine": lambda: PartTokenizer(**SMALL, cosine_codes=True),
     "pose": lambda: PartTokenizer(**SMALL, mode="pose"),
     "continuous": lambda: PartTokenizer(**SMALL, mode="continuous", llm_hidden_size=24),
     "fsq": lambda: PartTokenizer(
@@ -45,7 +44,6 @@ MODELS = {
 EXPECTED_PARTS = {
     "six_parts": tuple(SIX_PARTS),
     "five_parts": tuple(FIVE_PARTS),
-    "cosine": tuple(SIX_PARTS),
     "pose": tuple(SIX_PARTS),
     "continuous": tuple(SIX_PARTS),
     "fsq": tuple(SIX_PARTS),
@@ -284,23 +282,6 @@ def test_gradients_reach_the_encoder_straight_through_or_rotated(windows, rotati
     assert model.config["rotation_trick"] is rotation_trick
 
 
-def test_cosine_codes_are_unit_vectors_chosen_by_angle(windows):
-    """The codebooks hold unit vectors; eval mode picks, from unit latents, the code the
-    library's training forward picks (the largest cosine), and decodes what that code gives."""
-    model = trained_once(MODELS["cosine"](), windows)
-    codebooks = model.codebook_vectors()  # (6, 32, d)
-    assert torch.allclose(codebooks.norm(dim=-1), torch.ones(6, 32), atol=1e-4)
-    step_mask = torch.ones(8, 16, dtype=torch.bool)
-    latents = model._encode_latents(windows, torch.ones(8, 64, dtype=torch.bool), step_mask)
-    assert torch.allclose(latents.norm(dim=-1), torch.ones(8, 16, 6), atol=1e-4)
-    by_angle = torch.einsum("bspd,pkd->bspk", latents, codebooks).argmax(dim=-1)
-    assert torch.equal(model.encode(windows), by_angle)
-    model.train()
-    quantized, codes, _ = model.quantizer(latents, step_mask)
-    assert torch.equal(codes, by_angle)
-    assert torch.allclose(quantized, model.quantizer.lookup(codes), atol=1e-5)
-
-
 @pytest.mark.parametrize(
     ("parts", "message"),
     [
@@ -327,8 +308,6 @@ def test_bad_parts_config_raises(parts, message):
         dict(mode="continuous", projector="attention"),
         dict(heads=3),
         dict(attention_window=0),
-        dict(cosine_codes=True, quantizer="fsq", fsq_levels=[4, 4, 2]),
-        dict(cosine_codes=True, mode="continuous"),
     ],
 )
 def test_bad_options_raise(options):

@@ -185,13 +185,6 @@ VARIANTS = {
         )
         for size in (16, 8)
     },
-    "oversample_6_crouch_jump_tilt_width_192_bf16_fast_turns_cosine": (
-        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, turns "
-        "in as few as 4 frames, and unit-length codes chosen by angle (ViT-VQGAN's cosine "
-        "codebooks): the codebooks cost the HumanML3D clips 8.5 mm in the facing frame where "
-        "they cost Bandai Namco's 2.7 (tools/diagnose.py)",
-        FAST_TURNS + ("--model.model.init_args.cosine_codes", "true"),
-    ),
     "oversample_6_crouch_jump_tilt_width_192_bf16_fast_turns_facing_loss": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, turns "
         "in as few as 4 frames, and a facing loss (weight 0.25 per radian of the facing "

@@ -321,3 +321,29 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(value, dict):
         raise InputError(f"{path}: expected a JSON object")
     return value
+
+
+def export_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
+    """Export the tuned model of a ``parttok tune`` checkpoint (say a run stopped by a kill)
+    to ``target``, as the end of training would; loads only tensors and plain types."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        options = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}
+        state, step = saved["state_dict"], int(saved["global_step"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
+        message = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
+        raise InputError(f"{checkpoint}: not a readable tune checkpoint ({message})") from None
+    module = MotionLanguageModule(**options)
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    if trainable - set(state):
+        raise InputError(f"{checkpoint}: lacks {len(trainable - set(state))} trainable weights")
+    module.load_state_dict(state, strict=False)
+    return export_tuned(
+        module.llm,
+        target,
+        base=base_name(options.get("base")),
+        vocabularies=module.vocabularies,
+        token_ids=module.new_token_ids,
+        tokenizers=(options.get("tokenizer"), options.get("pose_tokenizer")),
+        training={"global_step": step},
+    )
