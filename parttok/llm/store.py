@@ -68,6 +68,7 @@ def export_tuned(
         adapter = staging / ADAPTER_FILE
         tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(adapter).items()}
         save_file(tensors, adapter, metadata={"format": "pt"})
+        adapter.chmod(0o644)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
