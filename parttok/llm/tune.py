@@ -20,6 +20,7 @@ import math
 import random
 import time
 from pathlib import Path
+from pickle import UnpicklingError
 
 import pytorch_lightning as pl
 import torch
@@ -330,7 +331,7 @@ def export_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         options = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}
         state, step = saved["state_dict"], int(saved["global_step"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, UnpicklingError) as error:
         message = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
         raise InputError(f"{checkpoint}: not a readable tune checkpoint ({message})") from None
     module = MotionLanguageModule(**options)
