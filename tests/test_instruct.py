@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import llm_proof_tool
+from conftest import small_tokenizer
 
 from parttok.cli import main
 from parttok.data import convert_sources, read_captions
@@ -35,11 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tokenizers(tmp_path_factory, data_dir) -> dict:
+def tokenizers(tmp_path_factory, humanml3d_dir) -> dict:
     """Small random motion and pose tokenizers, and where they are saved."""
-    proof = llm_proof_tool()
     folder = tmp_path_factory.mktemp("checkpoints")
-    motion, pose = proof.random_tokenizer("motion"), proof.random_tokenizer("pose", seed=1)
+    motion, pose = (
+        small_tokenizer(humanml3d_dir, codebook_size=512),
+        small_tokenizer(humanml3d_dir, mode="pose", codebook_size=512, seed=1),
+    )
     motion.save_pretrained(folder / "motion")
     pose.save_pretrained(folder / "pose")
     return {

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 import parttok.llm.base as llm_base
 from parttok.cli import main
 from parttok.data import _BANDAI_CONTENT, bandai_caption
 from parttok.errors import InputError
-from parttok.llm.base import load_base, resolve_base
+from parttok.llm.base import load_base
 from parttok.llm.chat import (
     IGNORE,
     Example,
@@ -52,31 +52,6 @@ def isolated_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PARTTOK_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    """A Hugging Face folder: SmolLM2's real tokenizer and a tiny random Llama."""
-    folder, name = resolve_base(None)
-    hf_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(hf_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=hf_tokenizer.bos_token_id,
-        eos_token_id=hf_tokenizer.eos_token_id,
-        pad_token_id=hf_tokenizer.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-base")
-    LlamaForCausalLM(config).save_pretrained(out)
-    hf_tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

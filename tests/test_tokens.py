@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import llm_proof_tool
+from conftest import small_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,12 +34,13 @@ VOCABULARIES = {
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
+def checkpoints(tmp_path_factory, humanml3d_dir) -> dict[str, Path]:
     """Small random motion and pose tokenizers saved as checkpoints."""
-    proof = llm_proof_tool()
     folder = tmp_path_factory.mktemp("checkpoints")
-    proof.random_tokenizer("motion").save_pretrained(folder / "motion")
-    proof.random_tokenizer("pose", seed=1).save_pretrained(folder / "pose")
+    small_tokenizer(humanml3d_dir, codebook_size=512).save_pretrained(folder / "motion")
+    small_tokenizer(humanml3d_dir, mode="pose", codebook_size=512, seed=1).save_pretrained(
+        folder / "pose"
+    )
     return {"motion": folder / "motion", "pose": folder / "pose"}
 
 
