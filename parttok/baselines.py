@@ -22,9 +22,11 @@ from parttok.model import (
     PartQuantizer,
     StepEncoder,
     check_codes,
+    dead_code_ratio,
     decode_step_mask,
     evaluating,
     in_float32,
+    kmeans_done,
     lookup_codes,
     nearest_codes,
 )
@@ -144,14 +146,14 @@ class ResidualQuantizer(nn.Module):
             quantize_dropout_cutoff_index=0,
             decay=ema_decay,
             kmeans_init=kmeans_init,
-            threshold_ema_dead_code=dead_code_threshold,
+            dead_code_threshold_ratio=dead_code_ratio(dead_code_threshold, codebook_size),
             commitment_weight=commitment_weight,
             rotation_trick=False,
         )
 
     @property
     def initialised(self) -> bool:
-        return all(bool(layer._codebook.initted) for layer in self.rvq.layers)
+        return kmeans_done(self.codebook_vectors())
 
     def codebook_vectors(self) -> Tensor:
         """(layers, K, d)."""

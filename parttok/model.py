@@ -178,10 +178,22 @@ def build_vector_quantizer(
         separate_codebook_per_head=True,
         decay=ema_decay,
         kmeans_init=kmeans_init,
-        threshold_ema_dead_code=dead_code_threshold,
+        dead_code_threshold_ratio=dead_code_ratio(dead_code_threshold, codebook_size),
         commitment_weight=commitment_weight,
         rotation_trick=rotation_trick,
     )
+
+
+def dead_code_ratio(threshold: float, codebook_size: int) -> float:
+    """The library's ``dead_code_threshold_ratio`` for a dead-code ``threshold`` given as an
+    EMA cluster size (>= 1, the former ``threshold_ema_dead_code``) or already as a ratio."""
+    return threshold / codebook_size if threshold >= 1.0 else threshold
+
+
+def kmeans_done(codebooks: Tensor) -> bool:
+    """True when no codebook in (G, K, d) is still all zeros, as k-means init leaves it
+    until the first training batch."""
+    return bool((codebooks.detach().flatten(1).abs().amax(1) > 0).all())
 
 
 class PartQuantizer(nn.Module):
@@ -226,7 +238,7 @@ class PartQuantizer(nn.Module):
     @property
     def initialised(self) -> bool:
         """False until k-means has run on the first training batch (FSQ: always True)."""
-        return self.kind == "fsq" or bool(self.vq._codebook.initted)
+        return self.kind == "fsq" or kmeans_done(self.codebook_vectors())
 
     def codebook_vectors(self) -> Tensor:
         """(P, K, d) code vectors."""

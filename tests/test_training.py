@@ -302,11 +302,13 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
                 "results": results, **changes}  # fmt: skip
 
     first = {"base": entry("base", 14.0, "aa"), "fsq": entry("fsq", 15.0, "bb")}
-    # recorded before the model took cosine_codes and the augmentation jitter (a field of a
-    # dataclass given as a dict): it trained as their defaults do now
-    del first["base"]["settings"]["model"]["model"]["init_args"]["cosine_codes"]
+    # recorded before the model took rotation_trick and the augmentation jitter (a field of a
+    # dataclass given as a dict): it trained as their defaults do now; and with an option
+    # since removed (cosine_codes), off
+    del first["base"]["settings"]["model"]["model"]["init_args"]["rotation_trick"]
+    first["base"]["settings"]["model"]["model"]["init_args"]["cosine_codes"] = False
     del first["fsq"]["settings"]["data"]["augment"]["jitter"]
-    cosine = entry("augment_80", 1.0, "ab")  # ... but not one with that argument set otherwise
+    cosine = entry("augment_80", 1.0, "ab")  # ... but not one with the removed option on
     cosine["settings"]["model"]["model"]["init_args"]["cosine_codes"] = True
     jittered = entry("oversample_6_dropout", 1.0, "ac")
     jittered["settings"]["data"]["augment"]["jitter"] = 0.5

@@ -215,8 +215,10 @@ def with_code_defaults(settings: dict) -> dict:
     """A copy of ``settings`` (``learning_settings``) with each argument a section's class (or
     a nested ``class_path``'s) takes but ``settings`` lack set to its default: an argument
     added to the code after a run was recorded did then what its default does now (arguments
-    are added with the default that keeps what the code did), so that run still counts. The
-    trainer's budget and output (``BUDGET_AND_OUTPUT``) are left out."""
+    are added with the default that keeps what the code did), so that run still counts. An
+    argument the code no longer takes is dropped where it was off (false, 0, empty): options
+    are removed once measurements rejected them, and off they did nothing. The trainer's
+    budget and output (``BUDGET_AND_OUTPUT``) are left out."""
     settings = copy.deepcopy(settings)
     for name, cls in SECTION_CLASSES.items():
         if isinstance(settings.get(name), dict):
@@ -227,12 +229,14 @@ def with_code_defaults(settings: dict) -> dict:
 
 
 def _with_defaults(arguments: dict, cls: type) -> dict:
+    parameters = inspect.signature(cls).parameters
     defaults = {
         key: json.loads(json.dumps(parameter.default))  # tuples as lists, as YAML gives them
-        for key, parameter in inspect.signature(cls).parameters.items()
+        for key, parameter in parameters.items()
         if key not in arguments and _plain(parameter.default)
     }
-    filled = {**arguments, **defaults}
+    removed = {key for key, value in arguments.items() if key not in parameters and not value}
+    filled = {key: value for key, value in {**arguments, **defaults}.items() if key not in removed}
     hints = typing.get_type_hints(cls.__init__)
     for key, value in filled.items():
         if isinstance(value, dict) and isinstance(value.get("init_args"), dict):
