@@ -7,9 +7,11 @@ sub-clip ``features[int(from * 20) : int(to * 20)]``, which is what gets encoded
 
 Tasks: ``t2m`` (caption -> motion tokens) and ``caption`` (motion tokens -> caption), one
 conversation per caption; ``predict`` (the first 25-75 % of a clip's steps -> the rest), one
-per clip; ``pose`` (2D keypoints of one random frame, projected by a pinhole ``Camera`` aimed
-at the pelvis from a random azimuth, -> the pose tokenizer's tokens), one per clip, only
-with a pose tokenizer. With ``pose_input="image"`` the prompt holds an ``<image>``
+per clip; ``pose`` (2D keypoints of one random frame as a detector gives them: projected by
+a pinhole ``Camera`` drawn at random (``random_camera``: position, height, yaw, pitch, focal
+length, aimed near but not at the pelvis), with pixel noise and some joints missing
+(``detected_keypoints``) -> the pose tokenizer's tokens), one per clip, only with a pose
+tokenizer. With ``pose_input="image"`` the prompt holds an ``<image>``
 placeholder instead of the keypoints; no image is rendered, the record carries the camera
 and keypoints to render it from. Every draw (template, cut, frame, azimuth) comes from a
 generator seeded by the seed and the clip id, so the output is deterministic.
@@ -119,8 +121,9 @@ class Camera:
     """A pinhole camera aimed at the pelvis of a pose that faces +Z (Y up, metres).
 
     ``azimuth`` (degrees) turns the camera around the vertical axis from the front (0) to
-    the person's left (90); ``elevation`` (degrees) raises it. Pixels: x right, y down,
-    origin at the top-left corner of a ``width`` x ``height`` image.
+    the person's left (90); ``elevation`` (degrees) raises it. ``aim`` (metres, x y z) moves
+    the point it looks at, and so the person in the image, away from the pelvis. Pixels:
+    x right, y down, origin at the top-left corner of a ``width`` x ``height`` image.
     """
 
     focal: float = 600.0
@@ -129,6 +132,7 @@ class Camera:
     elevation: float = 10.0
     width: int = 640
     height: int = 480
+    aim: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.focal <= 0 or self.distance <= 0 or not -80 <= self.elevation <= 80:
@@ -136,9 +140,10 @@ class Camera:
 
     def project(self, joints: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
         """Joints (..., J, 3) -> pixel coordinates (..., J, 2), aimed at ``target`` (3,)
-        (default: the first joint, the pelvis)."""
+        (default: the first joint, the pelvis) moved by ``aim``."""
         joints = np.asarray(joints, dtype=np.float64)
         target = joints[..., 0:1, :] if target is None else np.asarray(target, dtype=np.float64)
+        target = target + np.asarray(self.aim, dtype=np.float64)
         azimuth, elevation = np.radians(self.azimuth), np.radians(self.elevation)
         direction = np.array(
             [
@@ -170,12 +175,85 @@ def pose_joints(features: np.ndarray) -> np.ndarray:
     return joints
 
 
+# what random_camera draws from, uniformly: a camera 2-7 m away, from any side, between
+# slightly below and well above the pelvis, lenses from wide to long, aimed up to 0.4 m off
+CAMERA_RANGES = {
+    "focal": (400.0, 1400.0),
+    "distance": (2.0, 7.0),
+    "azimuth": (0.0, 360.0),
+    "elevation": (-10.0, 40.0),
+    "aim": (-0.4, 0.4),
+}
+
+
+def random_camera(rng: random.Random, like: Camera | None = None) -> Camera:
+    """A camera drawn from ``CAMERA_RANGES`` with ``like``'s image size."""
+    like = like or Camera()
+    draw = {name: rng.uniform(*CAMERA_RANGES[name]) for name in CAMERA_RANGES if name != "aim"}
+    aim = tuple(round(rng.uniform(*CAMERA_RANGES["aim"]), 3) for _ in range(3))
+    rounded = {name: round(value, 1) for name, value in draw.items()}
+    return Camera(**(asdict(like) | rounded | {"aim": aim}))
+
+
+def detected_keypoints(
+    pixels: np.ndarray, rng: random.Random, noise: float, missing: float
+) -> np.ndarray:
+    """(J, 2) pixels as a 2D detector reports them: Gaussian noise of ``noise`` pixels, each
+    joint missing (NaN) with probability ``missing``, at least half of them kept."""
+    draws = np.random.default_rng(rng.getrandbits(64))
+    detected = pixels + draws.normal(0.0, noise, pixels.shape) if noise > 0 else pixels.copy()
+    lost = draws.random(len(pixels)) < missing  # (J,)
+    if lost.sum() > len(pixels) // 2:
+        lost[draws.permutation(np.flatnonzero(lost))[len(pixels) // 2 :]] = False
+    detected[lost] = np.nan
+    return detected
+
+
 def keypoints_text(pixels: np.ndarray) -> str:
-    """'pelvis (320, 251), left_hip (...), ...' from (22, 2) pixels, rounded."""
-    rounded = np.rint(pixels).astype(int)
+    """'pelvis (320, 251), left_hip (...), ...' from (22, 2) pixels, rounded; a missing
+    joint (NaN) is left out."""
+    shown = ~np.isnan(pixels).any(axis=1)
+    rounded = np.rint(np.nan_to_num(pixels)).astype(int)
     return ", ".join(
-        f"{name} ({x}, {y})" for name, (x, y) in zip(JOINT_NAMES, rounded, strict=True)
+        f"{name} ({x}, {y})"
+        for name, (x, y), kept in zip(JOINT_NAMES, rounded, shown, strict=True)
+        if kept
     )
+
+
+def keypoints_list(pixels: np.ndarray) -> list[list[int] | None]:
+    """(J, 2) pixels as JSON: ``[x, y]`` rounded, or null for a missing joint."""
+    return [None if np.isnan(p).any() else np.rint(p).astype(int).tolist() for p in pixels]
+
+
+def parse_keypoints(value, where: str) -> np.ndarray:
+    """(22, 2) pixels, NaN for a missing joint, from JSON: a list of 22 ``[x, y]`` or null
+    (in ``JOINT_NAMES`` order, as ``keypoints_list`` writes), or an object joint name ->
+    ``[x, y]`` (joints not named are missing)."""
+    pixels = np.full((NUM_JOINTS, 2), np.nan)
+    if isinstance(value, dict):
+        unknown = set(value) - set(JOINT_NAMES)
+        if unknown:
+            raise InputError(f"{where}: unknown joint name(s) {sorted(unknown)[:3]}")
+        rows = [value.get(name) for name in JOINT_NAMES]
+    elif isinstance(value, list) and len(value) == NUM_JOINTS:
+        rows = value
+    else:
+        raise InputError(f"{where}: keypoints must be {NUM_JOINTS} [x, y] (or null) or a name map")
+    for joint, row in enumerate(rows):
+        if row is None:
+            continue
+        if (
+            not isinstance(row, list)
+            or len(row) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
+            or not all(abs(float(v)) < 1e6 for v in row)
+        ):
+            raise InputError(f"{where}: {JOINT_NAMES[joint]} is not an [x, y] pair of pixels")
+        pixels[joint] = row
+    if np.isnan(pixels[:, 0]).all():
+        raise InputError(f"{where}: every keypoint is missing")
+    return pixels
 
 
 # --- building conversations -------------------------------------------------------------
@@ -189,7 +267,9 @@ class InstructSettings:
     pose_input: str = "keypoints"
     min_frames: int = 20
     camera: Camera = field(default_factory=Camera)
-    random_azimuth: bool = True  # otherwise camera.azimuth for every pose
+    random_camera: bool = True  # a camera per pose from CAMERA_RANGES; otherwise ``camera``
+    keypoint_noise: float = 3.0  # pixels, standard deviation
+    missing_joints: float = 0.1  # probability that a keypoint is missing
     refine: int = 0  # codes chosen among that many nearest through the decoder (parttok.refine)
     split: str | None = None  # only the clips of ``<split>.txt`` in each folder (None: all)
 
@@ -330,10 +410,10 @@ class ConversationBuilder:
 
     def _pose_record(self, clip_id: str, features: np.ndarray, rng: random.Random) -> dict:
         frame = rng.randrange(len(features))
-        camera = self.settings.camera
-        if self.settings.random_azimuth:
-            camera = Camera(**(asdict(camera) | {"azimuth": round(rng.uniform(0.0, 360.0), 1)}))
-        pixels = camera.project(pose_joints(features[frame : frame + 1])[0])  # (22, 2)
+        settings = self.settings
+        camera = random_camera(rng, settings.camera) if settings.random_camera else settings.camera
+        exact = camera.project(pose_joints(features[frame : frame + 1])[0])  # (22, 2)
+        pixels = detected_keypoints(exact, rng, settings.keypoint_noise, settings.missing_joints)
         pose = codes_to_text(
             self.pose_tokenizer.encode(features[frame : frame + 1], refine=self.settings.refine),
             self.pose_vocab,
@@ -346,12 +426,11 @@ class ConversationBuilder:
             record = self._conversation(
                 "pose", "pose", rng, keypoints=keypoints_text(pixels), pose=pose
             )
-        keypoints = np.rint(pixels).astype(int).tolist()
         return record | {
             "clip": clip_id,
             "frames": [frame, frame + 1],
             "camera": asdict(camera),
-            "keypoints": keypoints,
+            "keypoints": keypoints_list(pixels),
         }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -23,6 +24,7 @@ import parttok.llm.base as llm_base
 from parttok.cli import main
 from parttok.data import _BANDAI_CONTENT, bandai_caption
 from parttok.errors import InputError
+from parttok.instruct import pose_joints
 from parttok.llm.base import load_base
 from parttok.llm.chat import (
     IGNORE,
@@ -589,6 +591,75 @@ def test_evaluate_llm_reports_every_task(llm, tuned, tiny_base, bandai_folder, t
     assert report["language"]["questions"] == 100
     text = bench.read_text()
     assert "## Other\n\nkept" in text and "## Language model" in text
+
+
+# --- pose estimation --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pose_run(tmp_path_factory, tiny_base, humanml3d_dir) -> dict:
+    """A tiny LM tuned 3 steps on pose conversations of the real clips (detector-like
+    keypoints) with a small random pose tokenizer, and those conversations."""
+    folder = tmp_path_factory.mktemp("pose")
+    small_tokenizer(humanml3d_dir, mode="pose", codebook_size=64).save_pretrained(folder / "pose")
+    data = folder / "pose.jsonl"
+    arguments = ["instruct", str(humanml3d_dir), "--tasks", "pose", "--out", str(data)]
+    assert main([*arguments, "--pose-checkpoint", str(folder / "pose")]) == 0
+    extra = ["--model.pose_tokenizer", str(folder / "pose"), "--data.tasks", "[pose]"]
+    assert tune(folder / "run", tiny_base, data, *extra) == 0
+    return {"llm": folder / "run" / "llm", "records": records(data), "pose": folder / "pose"}
+
+
+def test_pose_command_estimates_3d_poses(pose_run, tiny_base, tmp_path, capsys):
+    """`parttok pose` on the keypoints `instruct` wrote (nulls for missing joints) and on a
+    name map: one pose each, joints of the pose tokenizer's decoding, deterministic; a bad
+    file in the batch is one line and exit 2, the good ones still written."""
+    record = pose_run["records"][0]
+    listed, named, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "bad.json"
+    listed.write_text(json.dumps(pose_run["records"][:2]))
+    named.write_text(json.dumps({"keypoints": {"pelvis": [320, 240], "head": [318, 100]}}))
+    bad.write_text(json.dumps({"keypoints": [[1, 2]] * 21}))
+    model = ["--llm", str(pose_run["llm"]), "--base", str(tiny_base)]
+    out = tmp_path / "poses.json"
+    assert main(["pose", str(listed), str(named), "--out", str(out), *model]) == 0
+    rows = json.loads(out.read_text())
+    assert [(Path(r["source"]).name, r["index"]) for r in rows] == [
+        ("a.json", 0), ("a.json", 1), ("b.json", 0)
+    ]  # fmt: skip
+    pose = Tokenizer.from_pretrained(pose_run["pose"])
+    for row in rows:
+        codes = np.array(row["codes"])
+        assert codes.shape == (1, 6) and codes.max() < 64
+        expected = pose_joints(pose.decode(codes)[:1])[0]
+        np.testing.assert_allclose(row["joints"], expected, atol=1e-4)
+    again = tmp_path / "again.npy"
+    capsys.readouterr()
+    assert main(["pose", str(listed), str(bad), str(named), "--out", str(again), *model]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "bad.json" in line]
+    assert len(errors) == 1 and "22 [x, y]" in errors[0]
+    np.testing.assert_allclose(np.load(again), np.array([r["joints"] for r in rows]), atol=1e-4)
+    assert None in record["keypoints"] or len(record["keypoints"]) == 22
+    for broken in ("[]", "{", json.dumps({"keypoints": [None] * 22})):
+        bad.write_text(broken)
+        capsys.readouterr()
+        assert main(["pose", str(bad), "--out", str(tmp_path / "x.npy"), *model]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 2  # the file, the end
+        assert not (tmp_path / "x.npy").exists()
+
+
+def test_pose_estimation_figures(pose_run, tiny_base, humanml3d_dir):
+    """evaluate's pose task: MPJPE and PA-MPJPE in mm, PA-MPJPE below MPJPE, the pose
+    tokenizer's reconstruction as the floor."""
+    from parttok.llm.evaluate import LabelledClip, pose_estimation
+
+    llm = MotionLLM.from_pretrained(pose_run["llm"], base=str(tiny_base))
+    clips = [
+        LabelledClip(p.stem, np.load(p), "a person walks.", 0, 0)
+        for p in sorted((humanml3d_dir / "new_joint_vecs").glob("*.npy"))
+    ]
+    figures = pose_estimation(llm, clips)
+    assert figures["clips"] == len(clips)
+    for row in (figures, figures["floor"]):
+        assert 0 < row["pa_mpjpe_mm"] <= row["mpjpe_mm"] < 2000
+    assert pose_estimation(llm, clips) == figures  # seeded
 
 
 @pytest.mark.slow

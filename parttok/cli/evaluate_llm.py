@@ -1,5 +1,6 @@
 """``parttok evaluate-llm FOLDER... --json FILE``: measure a tuned language model on held-out
-clips (text-to-motion, captioning, prediction) and on general questions (language kept).
+clips (text-to-motion, captioning, prediction, pose estimation) and on general questions
+(language kept).
 
 The judge (``parttok.llm.recogniser``) is trained here on the ``--judge-split`` clips of the
 same folders and shares no weights with the model. ``--exclude-from CONFIG`` reads the
@@ -39,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="at most N clips (evenly spaced)")
     parser.add_argument(
         "--tasks",
-        default="t2m,caption,predict,language",
-        help="comma-separated from t2m, caption, predict, language (default: all)",
+        default="t2m,caption,predict,pose,language",
+        help="comma-separated from t2m, caption, predict, pose, language (default: all; pose "
+        "only when the model was tuned with a pose tokenizer)",
     )
     parser.add_argument("--judge-steps", type=int, default=1500, help="judge training steps")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = checked_output(args.json, args.force, (".json",))
     tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
-    unknown = tasks - {"t2m", "caption", "predict", "language"}
+    unknown = tasks - {"t2m", "caption", "predict", "pose", "language"}
     if unknown or not tasks:
         raise InputError(f"unknown task(s) {sorted(unknown)}")
     held_out: set[str] = set()
@@ -98,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if "predict" in tasks:
         report["predict"] = ev.prediction(llm, clips, seed=args.seed)
         print(_line("predict", report["predict"]), file=sys.stderr)
+    if "pose" in tasks and llm.pose_vocab is not None:
+        report["pose"] = ev.pose_estimation(llm, clips, seed=args.seed)
+        print(_line("pose", report["pose"]), file=sys.stderr)
     if "language" in tasks:
         report["language"] = _language(llm, ev)
         print(_line("language", report["language"]), file=sys.stderr)
@@ -188,6 +193,15 @@ def markdown(report: dict, machine: str) -> str:
         lines += [
             f"Prediction (second half from the first): MPJPE {row['mpjpe_mm']:.1f} mm against "
             f"{row['hold_last_pose_mm']:.1f} mm for holding the last pose ({row['clips']} clips).",
+            "",
+        ]
+    if "pose" in report:
+        row = report["pose"]
+        lines += [
+            f"Pose from detector-like 2D keypoints: MPJPE {row['mpjpe_mm']:.1f} mm, PA-MPJPE "
+            f"{row['pa_mpjpe_mm']:.1f} mm; the pose tokenizer's own reconstruction "
+            f"{row['floor']['mpjpe_mm']:.1f} / {row['floor']['pa_mpjpe_mm']:.1f} mm "
+            f"({row['clips']} clips).",
             "",
         ]
     if "language" in report:

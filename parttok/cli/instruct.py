@@ -61,15 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="leave out (sub-)clips shorter than this (default: 20, one second)",
     )
-    parser.add_argument("--focal", type=float, default=600.0, help="camera focal length, pixels")
-    parser.add_argument(
-        "--camera-distance", type=float, default=4.0, help="camera to pelvis, metres"
+    camera = parser.add_argument_group(
+        "pose keypoints",
+        "a random camera per pose (position, height, yaw, pitch, focal length) unless one of "
+        "--focal/--camera-distance/--elevation/--azimuth fixes the camera",
     )
-    parser.add_argument("--elevation", type=float, default=10.0, help="camera elevation, degrees")
-    parser.add_argument(
-        "--azimuth",
+    camera.add_argument("--focal", type=float, help="camera focal length, pixels (fixed: 600)")
+    camera.add_argument("--camera-distance", type=float, help="camera to pelvis, metres (4)")
+    camera.add_argument("--elevation", type=float, help="camera elevation, degrees (10)")
+    camera.add_argument("--azimuth", type=float, help="camera azimuth, degrees, 0 = in front (0)")
+    camera.add_argument(
+        "--keypoint-noise", type=float, default=3.0, help="pixel noise, std (default: 3)"
+    )
+    camera.add_argument(
+        "--missing-joints",
         type=float,
-        help="camera azimuth in degrees, 0 = in front (default: random per pose)",
+        default=0.1,
+        help="probability that a keypoint is missing (default: 0.1)",
     )
     parser.add_argument(
         "--split",
@@ -97,19 +105,24 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise InputError(f"{out}: exists (-f overwrites)")
     tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    if args.keypoint_noise < 0 or not 0 <= args.missing_joints < 1:
+        raise InputError("--keypoint-noise must be >= 0 and --missing-joints in [0, 1)")
+    fixed = {
+        "focal": args.focal,
+        "distance": args.camera_distance,
+        "elevation": args.elevation,
+        "azimuth": args.azimuth,
+    }
     settings = InstructSettings(
         tasks=tasks,
         seed=args.seed,
         naming=args.naming,
         pose_input=args.pose_input,
         min_frames=args.min_frames,
-        camera=Camera(
-            focal=args.focal,
-            distance=args.camera_distance,
-            elevation=args.elevation,
-            azimuth=args.azimuth or 0.0,
-        ),
-        random_azimuth=args.azimuth is None,
+        camera=Camera(**{name: value for name, value in fixed.items() if value is not None}),
+        random_camera=all(value is None for value in fixed.values()),
+        keypoint_noise=args.keypoint_noise,
+        missing_joints=args.missing_joints,
         refine=args.refine,
         split=None if args.split == "all" else args.split,
     )

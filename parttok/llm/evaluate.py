@@ -6,6 +6,9 @@
 - captioning: content and style named in the caption of each held-out clip's tokens, and
   BLEU-4 (sacrebleu) and ROUGE-L (rouge-score) against its reference caption;
 - prediction: MPJPE of the predicted second half of each clip against "hold the last pose";
+- pose: MPJPE and PA-MPJPE of the 3D pose estimated from one frame's detector-like 2D
+  keypoints (random camera, pixel noise, missing joints, as ``parttok instruct`` makes
+  them), with the pose tokenizer's own reconstruction of that frame as the floor;
 - language kept: accuracy on general questions and the KL divergence of the next-token
   distribution from the base's, on those questions' prompts.
 
@@ -189,6 +192,39 @@ def prediction(llm, clips: list[LabelledClip], batch_size=16, seed=0):
         "hold_last_pose_mm": 1000 * float(np.mean(holds)),
         "clips": len(errors),
     }
+
+
+def pose_estimation(llm, clips: list[LabelledClip], batch_size=16, seed=0, noise=3.0, missing=0.1):
+    """MPJPE and PA-MPJPE (mm) of poses estimated from keypoints of one random frame per
+    clip, and the same for the pose tokenizer's reconstruction of that frame (the floor)."""
+    import random
+
+    from parttok.instruct import detected_keypoints, pose_joints, random_camera
+    from parttok.metrics import joint_errors, procrustes_align
+
+    rng = random.Random(seed)
+    frames = [c.features[rng.randrange(len(c.features))][None] for c in clips]  # (1, 263) each
+    truth = np.concatenate([pose_joints(f) for f in frames])  # (N, 22, 3)
+    keypoints = [
+        detected_keypoints(random_camera(rng).project(joints), rng, noise, missing)
+        for joints in truth
+    ]
+    codes = []
+    for start in range(0, len(clips), batch_size):
+        codes += [g.codes for g in llm.pose(keypoints[start : start + batch_size], seed=seed)]
+    tokenizer = llm.pose_tokenizer
+    estimated = np.concatenate([pose_joints(f[:1]) for f in tokenizer.decode_batch(codes)])
+    floor_codes = tokenizer.encode_batch(frames)
+    floor = np.concatenate([pose_joints(f[:1]) for f in tokenizer.decode_batch(floor_codes)])
+
+    def errors(joints: np.ndarray) -> dict:
+        return {
+            "mpjpe_mm": 1000 * float(joint_errors(joints, truth).mean()),
+            "pa_mpjpe_mm": 1000 * float(np.linalg.norm(
+                procrustes_align(joints, truth) - truth, axis=-1).mean()),
+        }  # fmt: skip
+
+    return {**errors(estimated), "floor": errors(floor), "clips": len(clips)}
 
 
 def load_questions(path: str | Path = QUESTIONS_FILE) -> list[tuple[str, list[str]]]:

@@ -1,4 +1,5 @@
-"""A tuned motion language model at work: text -> motion, motion -> text, motion -> more.
+"""A tuned motion language model at work: text -> motion, motion -> text, motion -> more,
+2D keypoints -> 3D pose.
 
 ``MotionLLM.from_pretrained(path)`` loads a model that ``parttok tune`` exported (None: the
 one shipped with parttok) with the motion tokenizer its codes belong to. Motion answers are
@@ -83,11 +84,20 @@ class Generated:
 class MotionLLM:
     """A tuned language model and the motion tokenizer of its vocabulary."""
 
-    def __init__(self, model, hf_tokenizer, vocabularies: list[Vocabulary], tokenizer, meta):
+    def __init__(
+        self,
+        model,
+        hf_tokenizer,
+        vocabularies: list[Vocabulary],
+        tokenizer,
+        meta: dict,
+        pose_tokenizer=None,
+    ):
         self.model, self.hf_tokenizer = model, hf_tokenizer
         self.vocab = vocabularies[0] if vocabularies else None
+        self.pose_vocab = vocabularies[1] if len(vocabularies) > 1 else None
         self.vocabularies = vocabularies
-        self.tokenizer = tokenizer
+        self.tokenizer, self.pose_tokenizer = tokenizer, pose_tokenizer
         self.meta = meta
         self.templates = load_templates()
         self.motion_token_ids = sorted(set(meta["token_ids"]))
@@ -102,13 +112,16 @@ class MotionLLM:
 
         model, hf_tokenizer, meta, vocabularies = load_tuned(path, base)
         source = checkpoint or meta["tokenizers"][0]
-        tokenizer = Tokenizer.from_pretrained(source)
-        if vocabularies[0].identity not in (None, tokenizer.identity):
-            raise InputError(
-                f"the language model's tokens belong to tokenizer {vocabularies[0].identity}, "
-                f"not {tokenizer.identity} (pass the right one with --checkpoint)"
-            )
-        return cls(model, hf_tokenizer, vocabularies, tokenizer, meta)
+        tokenizers = [Tokenizer.from_pretrained(source)]
+        if len(vocabularies) > 1 and meta["tokenizers"][1:]:
+            tokenizers.append(Tokenizer.from_pretrained(meta["tokenizers"][1]))
+        for vocab, tokenizer in zip(vocabularies, tokenizers, strict=False):
+            if vocab.identity not in (None, tokenizer.identity):
+                raise InputError(
+                    f"the language model's tokens belong to tokenizer {vocab.identity}, "
+                    f"not {tokenizer.identity} (pass the right one with --checkpoint)"
+                )
+        return cls(model, hf_tokenizer, vocabularies, *tokenizers[:1], meta, *tokenizers[1:])
 
     # --- prompts -------------------------------------------------------------------------
     def _prompt(self, group: str, with_seconds: bool, **values: str) -> str:
@@ -210,17 +223,37 @@ class MotionLLM:
         ]
         return self._motions(prompts, steps, steps, seed, temperature, top_k)
 
-    def _motions(self, prompts, limit, steps, seed, temperature, top_k) -> list[Generated]:
+    def pose(
+        self, keypoints: list[np.ndarray], seed: int = 0, temperature: float = 0.0
+    ) -> list[Generated]:
+        """3D poses (codes (1, P) of the pose tokenizer) from 2D keypoints, each (22, 2)
+        pixels with NaN rows for missing joints; greedy unless ``temperature`` > 0."""
+        if self.pose_vocab is None or self.pose_tokenizer is None:
+            raise InputError("this language model was not tuned for pose estimation")
+        from parttok.instruct import keypoints_text
+
+        prompts = []
+        for pixels in keypoints:
+            pixels = np.asarray(pixels, dtype=np.float64)
+            if pixels.shape != (22, 2) or np.isnan(pixels).any(axis=1).all():
+                raise InputError("keypoints must be 22 (x, y) pairs, not all missing")
+            prompts.append(self._prompt("pose", False, keypoints=keypoints_text(pixels), pose=""))
+        return self._motions(prompts, 1, 1, seed, temperature, 20, self.pose_vocab)
+
+    def _motions(
+        self, prompts, limit, steps, seed, temperature, top_k, vocab=None
+    ) -> list[Generated]:
+        vocab = vocab or self.vocab
         tok = self.hf_tokenizer
         tok.padding_side = "left"
         length = tok(
             [prompt_text(tok, p) for p in prompts], padding=True, add_special_tokens=False
         )["input_ids"]
-        grammar = MotionGrammar(tok, self.vocab, len(length[0]), max_steps=limit, steps=steps)
+        grammar = MotionGrammar(tok, vocab, len(length[0]), max_steps=limit, steps=steps)
         torch.manual_seed(seed)
         answers = self._run(
             prompts,
-            max_new_tokens=limit * self.vocab.num_parts + 3,
+            max_new_tokens=limit * vocab.num_parts + 3,
             processor=grammar,
             sample=temperature > 0,
             **({"temperature": temperature, "top_k": top_k} if temperature > 0 else {}),
@@ -228,7 +261,7 @@ class MotionLLM:
         results = []
         for answer in answers:
             try:
-                parsed = text_to_codes(answer, self.vocab, repair=False)
+                parsed = text_to_codes(answer, vocab, repair=False)
             except TokenParseError as error:
                 raise InputError(f"the model's answer did not parse ({error})") from None
             results.append(Generated(parsed.codes, answer))
