@@ -1,31 +1,16 @@
 """Codes chosen by what they decode to (analysis by synthesis), not only by where the
 encoder's latents fall.
 
-``encode`` gives each part at each step the code nearest its latent. On poses the model never
-trained on, the nearest latent is often not the code that decodes best: the codebooks cost the
-HumanML3D clips 8.5 mm in the facing frame where they cost Bandai Namco's 2.7
-(tools/diagnose.py). ``refine_codes`` starts from the nearest codes and, part by part, tries
-each step's ``candidates`` nearest codes through the decoder, keeping at every step the one
-whose frames come out closest to the input: joints pelvis-aligned as MPJPE compares them, plus
-the same joints in each frame's facing frame (motion mode; pose mode: the latter only). Even
-steps are tried together, then odd ones, so that a step's neighbours hold still while it is
-judged. In motion mode the part holding the pelvis comes last: its codes carry the root's
-trajectory, whose errors integrate, so they are judged once the other parts are settled
-(tried first, they cost the HumanML3D clips millimetres; last, every held-out set gains a
-little over leaving them nearest). Every clip ends with the codes of the lowest total error
-seen, so refined codes never reconstruct worse than the nearest ones by that measure.
-
-The whole-body baselines get the same search, so that tools/compare.py compares like with
-like: T2M-GPT's VQ tries its one body code, the residual VQ each layer in turn among the
-codes nearest the residual the earlier layers' nearest codes leave. Every one of their
-columns carries the root with the rest of the body, so all are tried (keeping the residual
-VQ's first layer measured worse on unseen clips), the finest layer first and the coarsest,
-which carries the most of the trajectory, last (as parttok's root part; of the orders tried,
-the residual VQ's best in-distribution).
-
-The codes are the same tokens (same codebooks, bits per second and decoder); only the encoder
-works harder: ``candidates`` decodes per part and half-sweep (+ 1 after the first sweep, when
-a step's code may no longer be its nearest), tools/bench_refine.py.
+``refine_codes`` starts from the nearest codes and, part by part, tries each step's
+``candidates`` nearest codes through the decoder, keeping at every step the one whose frames
+come out closest to the input (pelvis-aligned joints as MPJPE compares them, plus the joints
+in each frame's facing frame; pose mode: the latter only). Even steps are tried together,
+then odd ones, so a step's neighbours hold still while it is judged. The part holding the
+pelvis comes last: its codes carry the root's trajectory, whose errors integrate. Every clip
+ends with the codes of the lowest total error seen, so refined codes never reconstruct worse
+than the nearest ones by that measure. The whole-body baselines get the same search (the
+residual VQ layer by layer, finest first). Same tokens, codebooks and decoder; only encoding
+costs more (``candidates`` decodes per part and half-sweep).
 """
 
 from __future__ import annotations
