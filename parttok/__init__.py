@@ -43,6 +43,7 @@ _EXPORTS = {
     "BVHError": "parttok.errors",
     "RigError": "parttok.errors",
     "FeatureError": "parttok.errors",
+    "OutputError": "parttok.errors",
     "CheckpointError": "parttok.errors",
     "TokenFileError": "parttok.errors",
     "TokenParseError": "parttok.errors",

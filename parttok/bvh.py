@@ -41,6 +41,12 @@ _BINARY_BYTES = bytes(set(range(32)) - {9, 10, 11, 12, 13}) + b"\x7f"
 _MOTION_LINE = re.compile(rb"^[ \t]*MOTION[ \t]*\r?$", re.MULTILINE)
 _FRAMES = re.compile(rb"\s*Frames:[ \t]*(\S+)[ \t]*\r?\n", re.IGNORECASE)
 _FRAME_TIME = re.compile(rb"\s*Frame[ \t]+Time:[ \t]*(\S+)[ \t]*(?:\r?\n|\Z)", re.IGNORECASE)
+# What a header may ask for, checked before anything is allocated for it: real rigs (fingers,
+# face) have a few hundred joints; 1 to 10,000 frames per second; at most an hour of motion
+# (72,000 frames at 20 fps once resampled).
+MAX_JOINTS = 1000
+MIN_FRAME_TIME, MAX_FRAME_TIME = 1e-4, 1.0  # seconds
+MAX_SECONDS = 3600.0
 
 
 @dataclass
@@ -154,6 +160,28 @@ class BVH:
 def read_bvh(path: str | os.PathLike) -> BVH:
     """Parse a BVH file; every problem raises BVHError with one line naming the file."""
     path = Path(path)
+    data, motion_match = _read_text(path)
+    header = data[: motion_match.start()].decode("utf-8")
+    hierarchy = _parse_hierarchy(header, path)
+    motion_line = header.count("\n") + 1  # file line number of MOTION
+    frame_time, motion = _parse_motion(
+        data[motion_match.end() :], sum(len(c) for c in hierarchy["channels"]), path, motion_line
+    )
+    return BVH(frame_time=frame_time, motion=motion, **hierarchy)
+
+
+def read_bvh_header(path: str | os.PathLike) -> tuple[int, float]:
+    """The 'Frames:' count and 'Frame Time:' (seconds) of a BVH file, checked against what a
+    header may ask for, without parsing the rest (a cheap look before reading many files);
+    a problem raises BVHError."""
+    path = Path(path)
+    data, motion_match = _read_text(path)
+    frames, frame_time, _ = _motion_header(data[motion_match.end() :], path)
+    return frames, frame_time
+
+
+def _read_text(path: Path) -> tuple[bytes, re.Match[bytes]]:
+    """A BVH file's bytes (UTF-8 text, no byte order mark) and where its MOTION line is."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -170,13 +198,7 @@ def read_bvh(path: str | os.PathLike) -> BVH:
     motion_match = _MOTION_LINE.search(data)
     if motion_match is None:
         raise BVHError(f"{path}: no MOTION section")
-    header = data[: motion_match.start()].decode("utf-8")
-    hierarchy = _parse_hierarchy(header, path)
-    motion_line = header.count("\n") + 1  # file line number of MOTION
-    frame_time, motion = _parse_motion(
-        data[motion_match.end() :], sum(len(c) for c in hierarchy["channels"]), path, motion_line
-    )
-    return BVH(frame_time=frame_time, motion=motion, **hierarchy)
+    return data, motion_match
 
 
 def _parse_hierarchy(header: str, path: Path) -> dict:
@@ -271,6 +293,8 @@ class _HierarchyParser:
         return found
 
     def joint(self, keyword: str) -> None:
+        if len(self.names) == MAX_JOINTS:
+            raise self.error(f"more than {MAX_JOINTS} joints")
         if keyword == "JOINT" and not self.blocks:
             raise self.error("JOINT outside any ROOT")
         if self.blocks and self.blocks[-1][0] == "end":
@@ -308,14 +332,18 @@ class _HierarchyParser:
         if not self.blocks or self.blocks[-1][0] != "joint":
             raise self.error("CHANNELS outside a joint")
         count = self.tokens[self.i + 1][1] if self.i + 1 < len(self.tokens) else ""
-        if not count.isdigit():
+        if not (count.isascii() and count.isdigit()):
             raise self.error(f"bad channel count {count!r}")
+        if int(count) > len(_CHANNEL_NAMES):
+            raise self.error(f"{count} channels; a joint has at most {len(_CHANNEL_NAMES)}")
         start = self.i
         names = self.values(int(count) + 1)[1:]
         canonical = [name[0].upper() + name[1:].lower() for name in names]
         for name, key in zip(names, canonical, strict=True):
             if key not in _CHANNEL_NAMES:
                 raise self.error(f"unknown channel {name!r}", start)
+            if canonical.count(key) > 1:
+                raise self.error(f"channel {name!r} twice (one per axis and kind)", start)
         self.channels[self.blocks[-1][1]] = tuple(canonical)
 
 
@@ -324,20 +352,8 @@ def _parse_motion(
 ) -> tuple[float, np.ndarray]:
     """The frame time and the (rows, C) values of the MOTION section, vectorised. Rows
     beyond the declared 'Frames:' are kept, as Blender reads them; fewer are an error."""
-    frames_match = _FRAMES.match(body)
-    if frames_match is None:
-        raise BVHError(f"{path}: MOTION has no 'Frames:' line")
-    time_match = _FRAME_TIME.match(body, frames_match.end())
-    if time_match is None:
-        raise BVHError(f"{path}: MOTION has no 'Frame Time:' line after 'Frames:'")
-    try:
-        frames = int(frames_match.group(1))
-        frame_time = float(time_match.group(1))
-    except ValueError:
-        raise BVHError(f"{path}: bad 'Frames:' or 'Frame Time:' value") from None
-    if frames < 0 or not math.isfinite(frame_time) or frame_time <= 0:
-        raise BVHError(f"{path}: bad 'Frames: {frames}' or 'Frame Time: {frame_time}'")
-    block = body[time_match.end() :]
+    frames, frame_time, rows_start = _motion_header(body, path)
+    block = body[rows_start:]
     raw = np.frombuffer(block, dtype=np.uint8)
     space = raw <= 32
     starts = np.flatnonzero(~space & np.concatenate(([True], space[:-1])))  # token starts
@@ -345,11 +361,12 @@ def _parse_motion(
     per_line = np.bincount(np.searchsorted(newlines, starts), minlength=len(newlines) + 1)
     row_lines = np.flatnonzero(per_line)  # line index (within block) of each data row
     row_sizes = per_line[row_lines]
-    header_lines = body[: time_match.end()].count(b"\n")
+    header_lines = body[:rows_start].count(b"\n")
     if len(row_lines) < frames:
         raise BVHError(
             f"{path}: truncated: 'Frames: {frames}' but only {len(row_lines)} rows of motion"
         )
+    _check_duration(len(row_lines), frame_time, path)
     bad = np.flatnonzero(row_sizes != num_channels)
     if len(bad):
         line = motion_line + header_lines + int(row_lines[bad[0]])
@@ -366,6 +383,41 @@ def _parse_motion(
     if not np.isfinite(values).all():
         raise BVHError(f"{path}: NaN or infinite value in MOTION")
     return frame_time, values.reshape(len(row_lines), num_channels)
+
+
+def _motion_header(body: bytes, path: Path) -> tuple[int, float, int]:
+    """'Frames:', 'Frame Time:' and where the rows start in the MOTION section ``body``;
+    bounded (frame time, duration) before anything is allocated for them."""
+    frames_match = _FRAMES.match(body)
+    if frames_match is None:
+        raise BVHError(f"{path}: MOTION has no 'Frames:' line")
+    time_match = _FRAME_TIME.match(body, frames_match.end())
+    if time_match is None:
+        raise BVHError(f"{path}: MOTION has no 'Frame Time:' line after 'Frames:'")
+    try:
+        frames = int(frames_match.group(1))
+        frame_time = float(time_match.group(1))
+    except ValueError:
+        raise BVHError(f"{path}: bad 'Frames:' or 'Frame Time:' value") from None
+    if frames < 0 or not math.isfinite(frame_time) or frame_time <= 0:
+        raise BVHError(f"{path}: bad 'Frames: {frames}' or 'Frame Time: {frame_time}'")
+    if not MIN_FRAME_TIME <= frame_time <= MAX_FRAME_TIME:
+        raise BVHError(
+            f"{path}: 'Frame Time: {frame_time}' is outside {MIN_FRAME_TIME} to "
+            f"{MAX_FRAME_TIME} seconds"
+        )
+    _check_duration(frames, frame_time, path)
+    return frames, frame_time, time_match.end()
+
+
+def _check_duration(frames: int, frame_time: float, path: Path) -> None:
+    """BVHError when ``frames`` at ``frame_time`` last longer than MAX_SECONDS."""
+    if frames > MAX_SECONDS / frame_time:  # exact for any int, where frames * time overflows
+        count = f"{frames} frames" if frames < 10**9 else "over a billion frames"
+        raise BVHError(
+            f"{path}: {count} of {frame_time} s last over {MAX_SECONDS:.0f} s, "
+            "the longest clip read"
+        )
 
 
 def _is_number(token: bytes) -> bool:

@@ -63,10 +63,12 @@ from parttok.features import (
 from parttok.io import (
     BVH_SUFFIXES,
     cache_dir,
+    ensure_output_dir,
     find_files,
     is_humanml3d_folder,
     load_features,
     load_npy,
+    npy_files,
     save_npy,
     write_text,
 )
@@ -178,7 +180,7 @@ class HumanML3DFolder:
         """Clip ids with features on disk, sorted; restricted to ``<split>.txt`` if given
         (in the split file's order)."""
         folder = self.root / "new_joint_vecs"
-        present = {path.stem for path in folder.glob("*.npy")} if folder.is_dir() else set()
+        present = {path.stem for path in npy_files(folder)}
         if split is None:
             return sorted(present)
         split_file = self.root / f"{split}.txt"
@@ -819,7 +821,7 @@ def plan_conversion(
 def _humanml3d_entries(root: Path) -> list[tuple[Path, Path, tuple[str, ...]]]:
     by_id: dict[str, Path] = {}
     for subfolder in ("new_joint_vecs", "new_joints"):  # new_joints wins when both exist
-        by_id.update({p.stem: p for p in (root / subfolder).glob("*.npy")})
+        by_id.update({p.stem: p for p in npy_files(root / subfolder)})
     entries = []
     for clip_id in sorted(by_id):
         text = root / "texts" / f"{clip_id}.txt"
@@ -910,7 +912,7 @@ def convert_sources(
     marker, again_file = out / FEATURE_VERSION_FILE, out / CONVERTED_AGAIN_FILE
     written = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
     stale = (out / "new_joint_vecs").is_dir() and written != FEATURE_VERSION
-    older = {path.stem for path in (out / "new_joint_vecs").glob("*.npy")} if stale else set()
+    older = {path.stem for path in npy_files(out / "new_joint_vecs")} if stale else set()
     again = (
         set(again_file.read_text(encoding="utf-8").split())
         if stale and again_file.is_file()
@@ -920,6 +922,7 @@ def convert_sources(
         replace(task, force=True) if task.clip_id in older - again else task
         for task in plan_conversion(sources, out, rig, force)
     ]
+    ensure_output_dir(out)  # a file in the way or a read-only disk: one error, before any work
     if any(task.path.suffix.lower() != ".npy" for task in tasks):
         import parttok.bvh  # noqa: F401  (imported once here, not in every worker)
     done, failed = process_batch(
@@ -931,7 +934,6 @@ def convert_sources(
         report.frames += outcome.frames
         if task.captions:
             _write_if_changed(out / "texts" / f"{task.clip_id}.txt", "\n".join(task.captions))
-    out.mkdir(parents=True, exist_ok=True)
     again |= set(report.converted)
     report.stale = sorted(older - again)
     if report.stale:
@@ -957,8 +959,8 @@ def write_index(out: str | os.PathLike, refresh_statistics: bool = True) -> int:
     content would not change are left untouched; statistics are recomputed when
     ``refresh_statistics``, the clip list changed, or they are missing."""
     out = Path(out)
-    vecs = {p.stem for p in (out / "new_joint_vecs").glob("*.npy")}
-    ids = sorted(vecs & {p.stem for p in (out / "new_joints").glob("*.npy")})
+    vecs = {p.stem for p in npy_files(out / "new_joint_vecs")}
+    ids = sorted(vecs & {p.stem for p in npy_files(out / "new_joints")})
     if not ids:
         return 0
     listing = "".join(f"{clip_id}\n" for clip_id in ids)

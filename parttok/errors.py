@@ -21,6 +21,11 @@ class FeatureError(InputError):
     """An array is not valid HumanML3D 263-dimensional features or (T, 22, 3) joints."""
 
 
+class OutputError(ParttokError):
+    """An output cannot be written (a file where a folder should be, a read-only or full
+    disk); not an InputError, so it stops the whole run instead of skipping one item."""
+
+
 class CheckpointError(ParttokError):
     """A checkpoint is missing, damaged, or belongs to another model."""
 

@@ -101,6 +101,8 @@ def check_features(features: np.ndarray, name: str = "features") -> np.ndarray:
 def check_joints(joints: np.ndarray, name: str = "joints", min_frames: int = 2) -> np.ndarray:
     """Validate (T, 22, 3) joint positions; return them as float64 or raise FeatureError."""
     joints = np.asarray(joints)
+    if joints.dtype.kind not in "fiu":
+        raise FeatureError(f"{name}: expected numeric joints, got {joints.dtype} values")
     if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
         raise FeatureError(f"{name}: expected (frames, 22, 3) joints, got shape {joints.shape}")
     if joints.shape[0] < min_frames:

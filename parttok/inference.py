@@ -10,7 +10,6 @@ devices. One bad input is reported on stderr and the rest go on.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from parttok.tokenfile import TokenFile, load_tokens, save_tokens
 from parttok.tokenizer import Tokenizer, length_batches
 
 DECODE_FORMATS = ("joints", "features", "bvh")
-_BVH_FRAMES = re.compile(rb"Frames:\s*(\d+)\s+Frame Time:\s*([0-9.eE+-]+)")
 
 
 @dataclass(frozen=True)
@@ -132,7 +130,7 @@ def decode_files(
     if output_format not in DECODE_FORMATS:
         raise ValueError(f"format must be one of {DECODE_FORMATS}, got {output_format!r}")
     task = _Task(
-        load=_TokenLoader(tokenizer.identity, "codes" if tokenizer.is_quantized else "continuous"),
+        load=_TokenLoader(tokenizer),
         run=_decode_batch,
         write=partial(_write_motion, output_format),
         description="decoding",
@@ -292,17 +290,19 @@ def _file_size(path: Path) -> int:
 
 
 def _clip_length_hint(path: Path) -> int:
-    """Roughly how many 20 fps frames a clip has, read cheaply (for batching only)."""
+    """Roughly how many 20 fps frames a clip has, from its header only (for batching); a
+    damaged file counts 0 here and is reported when it is loaded."""
+    from parttok.bvh import read_bvh_header
+    from parttok.io import read_npy_header
+
     try:
         if path.suffix.lower() == ".npy":
-            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-        with open(path, "rb") as stream:
-            match = _BVH_FRAMES.search(stream.read(1 << 20))
-            if match:
-                return int(int(match[1]) * float(match[2]) * FPS)
-    except (OSError, ValueError, IndexError):
-        pass  # an unreadable file is reported when it is loaded
-    return 0
+            shape, _ = read_npy_header(path)
+            return shape[0] if shape else 0
+        frames, frame_time = read_bvh_header(path)
+        return int(frames * frame_time * FPS)
+    except (OSError, InputError):
+        return 0
 
 
 class _ClipLoader:
@@ -323,17 +323,25 @@ class _ClipLoader:
 
 
 class _TokenLoader:
-    """Loads one token file made by the checkpoint with the given identity."""
+    """Loads one token file made by ``tokenizer``'s checkpoint, of its kind, parts and steps
+    (a format 1 header is not under its checksum; a damaged part name shows here)."""
 
-    def __init__(self, identity: str, kind: str) -> None:
-        self.identity = identity
-        self.kind = kind
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.identity = tokenizer.identity
+        self.kind = "codes" if tokenizer.is_quantized else "continuous"
+        self.layout = (tokenizer.parts, tokenizer.frames_per_step)
 
     def __call__(self, job: FileJob) -> TokenFile:
         tokens = load_tokens(job.source, expect_identity=self.identity)
         if tokens.kind != self.kind:
             raise TokenFileError(
                 f"{job.source}: holds {tokens.kind}, this tokenizer decodes {self.kind}"
+            )
+        if (tokens.parts, tokens.frames_per_step) != self.layout:
+            raise TokenFileError(
+                f"{job.source}: damaged token file (parts {list(tokens.parts)}, "
+                f"{tokens.frames_per_step} frames a step; the tokenizer's are "
+                f"{list(self.layout[0])}, {self.layout[1]})"
             )
         return tokens
 

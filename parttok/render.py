@@ -309,6 +309,7 @@ def _mp4_writer():
             codec="libx264",
             pix_fmt_out="yuv420p",
             macro_block_size=16,
+            output_params=["-f", "mp4"],  # the temporary's name does not end in .mp4
             ffmpeg_log_level="error",
         )
         stream.send(None)

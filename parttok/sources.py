@@ -11,7 +11,7 @@ import numpy as np
 
 from parttok.errors import InputError
 from parttok.features import FEATURE_DIM, NUM_JOINTS, check_features, joints_to_features
-from parttok.io import is_humanml3d_folder, load_npy
+from parttok.io import is_hidden, is_humanml3d_folder, load_npy
 
 MOTION_SUFFIXES = (".bvh", ".npy")
 
@@ -32,7 +32,8 @@ class ClipSource:
 def find_clips(
     sources: list[str | Path], suffixes: tuple[str, ...] = MOTION_SUFFIXES
 ) -> list[ClipSource]:
-    """Every clip under ``sources``, in a stable order; a missing source raises InputError."""
+    """Every clip under ``sources``, in a stable order, skipping hidden files and folders
+    (temporaries of unfinished writes among them); a missing source raises InputError."""
     clips: list[ClipSource] = []
     for source in map(Path, sources):
         if source.is_file():
@@ -42,7 +43,9 @@ def find_clips(
             if not root.is_dir():
                 raise InputError(f"{source}: a HumanML3D folder without new_joint_vecs/")
             files = sorted(
-                p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                p
+                for p in root.rglob("*")
+                if p.suffix.lower() in suffixes and not is_hidden(p, root) and p.is_file()
             )
             clips += [ClipSource(p, p.relative_to(root)) for p in files]
         else:
@@ -66,14 +69,19 @@ def _load(path: Path, rig: str) -> np.ndarray:
     if path.suffix.lower() == ".bvh":
         from parttok.bvh import load_bvh
 
-        return joints_to_features(load_bvh(path, rig=rig).joints)
+        return _converted(load_bvh(path, rig=rig).joints, path)
     if path.suffix.lower() != ".npy":
         raise InputError(f"{path}: not a .bvh or .npy file")
     array = load_npy(path)
     if array.ndim == 3 and array.shape[1:] == (NUM_JOINTS, 3):
-        return joints_to_features(array)
+        return _converted(array, path)
     if array.ndim == 2 and array.shape[-1] != FEATURE_DIM and array.shape[-1] != 251:
         raise InputError(
             f"{path}: expected (T, 263) features or (T, 22, 3) joints, got {array.shape}"
         )
     return check_features(array, name=str(path))
+
+
+def _converted(joints: np.ndarray, path: Path) -> np.ndarray:
+    """(T, 22, 3) joints -> checked (T - 1, 263) features (degenerate poses give NaN)."""
+    return check_features(joints_to_features(joints), name=f"{path} (converted)")

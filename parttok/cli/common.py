@@ -45,16 +45,16 @@ def process_batch(
     items = list(items)
     done: list[tuple[Item, Result]] = []
     failed: list[tuple[Item, str]] = []
-    bar = tqdm(total=len(items), desc=description, unit="clip", disable=not show_progress)
-    if jobs > 1 and len(items) > 1:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_single_thread) as pool:
-            outcomes = pool.map(_guarded, [worker] * len(items), items, chunksize=4)
-            for item, (result, error) in zip(items, outcomes, strict=True):
-                _record(item, result, error, done, failed, bar)
-    else:
-        for item in items:
-            _record(item, *_guarded(worker, item), done, failed, bar)
-    bar.close()
+    # the bar is closed (its line ended) before an error that stops the run is printed
+    with tqdm(total=len(items), desc=description, unit="clip", disable=not show_progress) as bar:
+        if jobs > 1 and len(items) > 1:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=_single_thread) as pool:
+                outcomes = pool.map(_guarded, [worker] * len(items), items, chunksize=4)
+                for item, (result, error) in zip(items, outcomes, strict=True):
+                    _record(item, result, error, done, failed, bar)
+        else:
+            for item in items:
+                _record(item, *_guarded(worker, item), done, failed, bar)
     return done, failed
 
 
@@ -83,7 +83,7 @@ def add_refine_argument(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="try each step's N nearest codes per part through the decoder and keep the best "
-        "(8: 14-17%% less MPJPE on held-out clips, encoding 100x slower; 0: nearest codes)",
+        "(0: the nearest codes; 8 reconstructs better, encoding far slower: BENCHMARKS.md)",
     )
 
 
@@ -92,3 +92,15 @@ def refine_count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number of codes >= 0, got {text!r}")
     return int(text)
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (a bad value is argparse's one-line
+    usage error, exit status 2)."""
+
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return int(text)
+
+    return parse

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from parttok.cli.common import exit_status
+from parttok.cli.common import exit_status, whole_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=whole_number(1),
         default=os.cpu_count() or 1,
         metavar="N",
         help="parallel processes (default: the number of CPUs)",
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from parttok.data import convert_sources
 
-    report = convert_sources(args.sources, args.out, args.rig, max(args.jobs, 1), args.force)
+    report = convert_sources(args.sources, args.out, args.rig, args.jobs, args.force)
     print(
         f"converted {len(report.converted)} clip(s) ({report.frames} frames), "
         f"{len(report.skipped)} already done, {len(report.failed)} failed; "

@@ -7,6 +7,7 @@ import argparse
 from parttok.cli.common import exit_status
 from parttok.cli.encode import add_run_arguments, report_plan, run_options
 from parttok.inference import DECODE_FORMATS, decode_files, output_jobs
+from parttok.io import ensure_output_dir
 from parttok.sources import find_clips
 from parttok.tokenfile import TOKEN_SUFFIX
 from parttok.tokenizer import Tokenizer
@@ -32,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     suffix = ".bvh" if args.format == "bvh" else ".npy"
-    todo, skipped, clashes = output_jobs(
-        find_clips(args.sources, suffixes=(TOKEN_SUFFIX,)), args.out, suffix, args.force
-    )
+    clips = find_clips(args.sources, suffixes=(TOKEN_SUFFIX,))
+    ensure_output_dir(args.out)
+    todo, skipped, clashes = output_jobs(clips, args.out, suffix, args.force)
     report_plan(todo, skipped, clashes)
     failed = decode_files(tokenizer, todo, args.format, run_options(args))
     return exit_status(clashes + failed)

@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from parttok.cli.common import add_refine_argument, exit_status
-from parttok.inference import RunOptions, encode_files, output_jobs
+from parttok.bvh import read_bvh_header
+from parttok.cli.common import add_refine_argument, exit_status, whole_number
+from parttok.errors import InputError
+from parttok.inference import FileJob, RunOptions, encode_files, output_jobs
+from parttok.io import ensure_output_dir, read_npy_header
 from parttok.sources import find_clips
 from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, TOKEN_SUFFIX, save_projector
 from parttok.tokenizer import PRECISIONS, Tokenizer
@@ -37,15 +40,17 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by encode and decode."""
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    parser.add_argument("--batch-size", type=whole_number(1), default=32, help="clips per batch")
     add_precision_argument(parser)
     parser.add_argument(
         "--devices",
-        type=int,
+        type=whole_number(1),
         help="devices for Lightning's predict loop (default: all GPUs if any, else the CPU)",
     )
     parser.add_argument(
-        "--workers", type=int, help="processes loading inputs (default: up to 4, cores - 1)"
+        "--workers",
+        type=whole_number(0),
+        help="processes loading inputs (default: up to 4, cores - 1; 0: load in this process)",
     )
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -54,10 +59,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     tokenizer.check_refine(args.refine)
-    todo, skipped, clashes = output_jobs(
-        find_clips(args.sources), args.out, TOKEN_SUFFIX, args.force
-    )
-    report_plan(todo, skipped, clashes)
+    clips = find_clips(args.sources)
+    ensure_output_dir(args.out)
+    todo, skipped, clashes = output_jobs(clips, args.out, TOKEN_SUFFIX, args.force)
+    todo, unreadable = readable_sources(todo)
+    report_plan(todo, skipped, clashes + unreadable)
     source = str(Path(args.checkpoint).resolve()) if args.checkpoint else SHIPPED_MODEL
     failed = encode_files(
         tokenizer,
@@ -72,7 +78,24 @@ def run(args: argparse.Namespace) -> int:
         if args.force or not projector.exists():
             save_projector(projector, tokenizer)
             print(f"wrote the projector of the part features to {projector}")
-    return exit_status(clashes + failed)
+    return exit_status(clashes + unreadable + failed)
+
+
+def readable_sources(jobs: list[FileJob]) -> tuple[list[FileJob], list[tuple[FileJob, str]]]:
+    """The jobs whose source has a sound ``.npy`` or BVH header, and the others with the
+    reason: batching reads each clip's length from its header before anything is encoded."""
+    readable: list[FileJob] = []
+    unreadable: list[tuple[FileJob, str]] = []
+    for job in jobs:
+        try:
+            if job.source.suffix.lower() == ".npy":
+                read_npy_header(job.source)
+            elif job.source.suffix.lower() == ".bvh":
+                read_bvh_header(job.source)
+            readable.append(job)
+        except InputError as error:
+            unreadable.append((job, str(error)))
+    return readable, unreadable
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -84,9 +107,9 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     )
 
 
-def report_plan(todo: list, skipped: list, clashes: list) -> None:
+def report_plan(todo: list, skipped: list, refused: list) -> None:
     """Say what will be done before doing it."""
-    for _, message in clashes:
+    for _, message in refused:
         print(f"skipped: {message}", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} output(s) exist already, skipped (-f overwrites)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from parttok.cli.common import add_refine_argument, exit_status, process_batch
+from parttok.cli.common import add_refine_argument, exit_status, process_batch, whole_number
 from parttok.cli.encode import add_precision_argument
 from parttok.evaluation import evaluate_clips, format_table, round_trip
 from parttok.io import write_text
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="tokenizer folder or .ckpt (default: shipped model)")
     parser.add_argument("--json", help="write the full report (with per-clip rows) here")
     parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=whole_number(1), default=32)
     add_precision_argument(parser)
     add_refine_argument(parser)
     parser.add_argument("--report", help="also write a markdown report with figures to this folder")

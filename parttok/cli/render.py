@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parttok.cli.common import whole_number
 from parttok.errors import InputError
 from parttok.features import FPS, features_to_joints
 from parttok.metrics import joint_errors
@@ -33,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--caption", help="a title over the animation")
     parser.add_argument(
-        "--fps", type=int, default=FPS, help=f"playback frames per second (default {FPS})"
+        "--fps",
+        type=whole_number(1),
+        default=FPS,
+        help=f"playback frames per second (default {FPS})",
     )
     parser.add_argument("--rig", default="auto", help="rig of BVH sources: auto, a name or a YAML")
 
