@@ -5,9 +5,17 @@ one tensor and string metadata:
 
 - ``codes`` (S, P) int16/int32, or ``features`` (S, P, D) float32 for continuous part
   features (``kind="continuous"``);
-- ``format`` = ``"parttok-tokens"``, ``version`` = the format version, and ``header``: JSON
+- ``format`` = ``"parttok-tokens"``, ``version`` = the format version, ``header``: JSON
   with the part names, frames per step, fps, the source's frame count, the identity of the
-  checkpoint that made the codes, the source clip's name and a CRC-32 of the tensor bytes.
+  checkpoint that made the codes and the source clip's name; and ``crc32``: a CRC-32 of the
+  header's bytes followed by the tensor's, so a flipped bit anywhere is caught.
+
+Format 1 files (written before format 2) keep the CRC-32 of the tensor alone in the header.
+They are still read, every header field checked and unknown fields refused, but a flipped
+letter in a value (a part name) goes unseen there; ``parttok decode`` then refuses parts
+that are not its tokenizer's. Re-encode them to be safe. A one-bit flip cannot turn format
+2's version into 1. The same contents always give the same bytes: metadata and tensors in
+sorted order, no timestamps.
 
 A continuous tokenizer's projector (part features -> a language model's hidden size) is
 exported beside its features by :func:`save_projector`, also as safetensors.
@@ -16,13 +24,14 @@ exported beside its features by :func:`save_projector`, also as safetensors.
 from __future__ import annotations
 
 import json
+import reprlib
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from parttok import __version__
 from parttok.errors import TokenFileError
@@ -31,10 +40,19 @@ from parttok.io import atomic_path
 FORMAT_NAME = "parttok-tokens"
 PROJECTOR_FORMAT = "parttok-projector"
 PROJECTOR_FILE = "projector.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the header too
+PROJECTOR_VERSION = 1
 TOKEN_SUFFIX = ".ptok"
 SHIPPED_MODEL = "shipped"  # checkpoint_source of tokens made by the shipped model
 KINDS = {"codes": "codes", "continuous": "features"}  # kind -> tensor name
+STORED_TYPES = {"codes": (np.int16, np.int32), "continuous": (np.float32,)}
+SAFETENSORS_TYPES = {
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.float32): "F32",
+}
+MAX_WHOLE = 2**31 - 1  # bound on a header's counts
+MAX_FPS = 1000
 
 
 @dataclass(frozen=True)
@@ -106,15 +124,15 @@ def save_tokens(path: str | Path, tokens: TokenFile) -> Path:
     _check(tokens, codes, path)
     header = {k: v for k, v in asdict(tokens).items() if k not in ("codes", "version")}
     header["parts"] = list(tokens.parts)
-    header["crc32"] = zlib.crc32(codes.tobytes())
     header["parttok_version"] = __version__
+    header_text = json.dumps(header, sort_keys=True)
     metadata = {
         "format": FORMAT_NAME,
         "version": str(FORMAT_VERSION),
-        "header": json.dumps(header),
+        "header": header_text,
+        "crc32": str(_checksum(header_text, codes)),
     }
-    with atomic_path(path) as temporary:
-        save_file({KINDS[tokens.kind]: codes}, str(temporary), metadata=metadata)
+    _write_safetensors(path, {KINDS[tokens.kind]: codes}, metadata)
     return path
 
 
@@ -141,7 +159,7 @@ def load_tokens(path: str | Path, expect_identity: str | None = None) -> TokenFi
             f"{path}: written by a newer parttok (format {version}, this reads up to "
             f"{FORMAT_VERSION}); upgrade parttok"
         )
-    tokens = _from_stored(metadata.get("header", ""), arrays, version, path)
+    tokens = _from_stored(metadata, arrays, version, path)
     if expect_identity is not None and tokens.checkpoint != expect_identity:
         raise TokenFileError(
             f"{path}: tokens were made by checkpoint {tokens.checkpoint}, this is "
@@ -164,7 +182,7 @@ def save_projector(path: str | Path, tokenizer) -> Path:
     config = tokenizer.model.config
     metadata = {
         "format": PROJECTOR_FORMAT,
-        "version": str(FORMAT_VERSION),
+        "version": str(PROJECTOR_VERSION),
         "checkpoint": tokenizer.identity,
         "kind": str(config.get("projector", "linear")),
         "input_dim": str(tokenizer.model.code_dim),
@@ -172,9 +190,38 @@ def save_projector(path: str | Path, tokenizer) -> Path:
         "parts": json.dumps(list(tokenizer.parts)),
     }
     path = Path(path)
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+    _write_safetensors(path, tensors, metadata)
     return path
+
+
+def _write_safetensors(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file atomically, its bytes a function of its contents: metadata
+    and tensors in sorted order (the safetensors library orders metadata by a random hash)."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name in sorted(tensors):
+        array = tensors[name]
+        end = offset + array.nbytes
+        header[name] = {
+            "dtype": SAFETENSORS_TYPES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        stream.write(len(text).to_bytes(8, "little") + text)
+        for name in sorted(tensors):
+            array = tensors[name]
+            stream.write(np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes())
+
+
+def _checksum(header_text: str, array: np.ndarray) -> int:
+    """CRC-32 of a header's UTF-8 bytes followed by the tensor's."""
+    return zlib.crc32(np.ascontiguousarray(array).tobytes(), zlib.crc32(header_text.encode()))
 
 
 def _checkpoint_advice(checkpoint_source: str) -> str:
@@ -186,38 +233,108 @@ def _checkpoint_advice(checkpoint_source: str) -> str:
 
 
 def _parse_version(text: str | None, path: Path) -> int:
-    try:
-        return int(text or "")
-    except ValueError:
-        raise TokenFileError(f"{path}: damaged token file (bad version {text!r})") from None
+    if not _is_count(text) or int(text) < 1:
+        raise TokenFileError(f"{path}: damaged token file (bad version {text!r})")
+    return int(text)
 
 
-def _from_stored(header_text: str, arrays: dict, version: int, path: Path) -> TokenFile:
+def _is_count(text: str | None) -> bool:
+    """Whether metadata text is a whole number of at most ten ASCII digits."""
+    return isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 10
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected text")
+    return value
+
+
+def _whole(low: int, high: int) -> Callable[[object], int]:
+    """A header field's check: a whole number in [low, high] (JSON's 1e999 is inf, not one)."""
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number in [{low}, {high}]")
+        return value
+
+    return check
+
+
+def _parts(value: object) -> tuple[str, ...]:
+    names = value if isinstance(value, list) else None
+    if (
+        not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) < len(names)
+    ):
+        raise ValueError("expected distinct part names")
+    return tuple(names)
+
+
+def _kind(value: object) -> str:
+    if value not in KINDS:
+        raise ValueError(f"expected one of {list(KINDS)}")
+    return value
+
+
+# header field -> (check returning its value, default for files written before it was kept)
+_REQUIRED = object()
+HEADER_FIELDS = {
+    "kind": (_kind, _REQUIRED),
+    "parts": (_parts, _REQUIRED),
+    "frames_per_step": (_whole(1, MAX_WHOLE), _REQUIRED),
+    "fps": (_whole(1, MAX_FPS), _REQUIRED),
+    "num_frames": (_whole(0, MAX_WHOLE), _REQUIRED),
+    "checkpoint": (_text, _REQUIRED),
+    "codebook_size": (lambda v: None if v is None else _whole(1, MAX_WHOLE)(v), _REQUIRED),
+    "mode": (_text, _REQUIRED),
+    "source": (_text, _REQUIRED),
+    "checkpoint_source": (_text, _REQUIRED),
+    "precision": (_text, "32-true"),
+    "refine": (_whole(0, MAX_WHOLE), 0),
+}
+
+
+def _from_stored(metadata: dict[str, str], arrays: dict, version: int, path: Path) -> TokenFile:
+    """The tokens of a file's metadata and tensor: the checksum first (format 2), then every
+    header field."""
+    header_text = metadata.get("header", "")
+    damaged = f"{path}: damaged token file"
+    if len(arrays) != 1:
+        raise TokenFileError(f"{damaged} ({len(arrays)} tensors, expected one)")
+    [(name, codes)] = arrays.items()
+    if version >= 2:
+        if not _is_count(metadata.get("crc32")):
+            raise TokenFileError(f"{damaged} (no checksum)")
+        if _checksum(header_text, codes) != int(metadata["crc32"]):
+            raise TokenFileError(f"{damaged} (checksum mismatch)")
     try:
         header = json.loads(header_text)
-        kind = header["kind"]
-        tokens = TokenFile(
-            codes=arrays[KINDS[kind]],
-            parts=tuple(str(name) for name in header["parts"]),
-            frames_per_step=int(header["frames_per_step"]),
-            fps=int(header["fps"]),
-            num_frames=int(header["num_frames"]),
-            checkpoint=str(header["checkpoint"]),
-            codebook_size=None if header["codebook_size"] is None else int(header["codebook_size"]),
-            kind=kind,
-            mode=str(header["mode"]),
-            source=str(header["source"]),
-            checkpoint_source=str(header["checkpoint_source"]),
-            precision=str(header.get("precision", "32-true")),
-            refine=int(header.get("refine", 0)),
-            version=version,
-        )
-        crc = int(header["crc32"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise TokenFileError(f"{path}: damaged token file (bad header: {error})") from None
-    if zlib.crc32(np.ascontiguousarray(tokens.codes).tobytes()) != crc:
-        raise TokenFileError(f"{path}: damaged token file (checksum mismatch)")
-    _check(tokens, tokens.codes, path)
+    except (ValueError, RecursionError) as error:  # ValueError: also a number of 5,000 digits
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise TokenFileError(f"{damaged} (bad header: {reason})") from None
+    if not isinstance(header, dict):
+        raise TokenFileError(f"{damaged} (bad header: not a mapping)")
+    fields: dict[str, object] = {}
+    for field, (check, default) in HEADER_FIELDS.items():
+        if field not in header and default is _REQUIRED:
+            raise TokenFileError(f"{damaged} (bad header: no {field!r})")
+        try:
+            fields[field] = check(header[field]) if field in header else default
+        except ValueError as error:
+            got = reprlib.repr(header[field])
+            raise TokenFileError(f"{damaged} (bad header: {field!r} {error}, got {got})") from None
+    if name != KINDS[fields["kind"]]:
+        raise TokenFileError(f"{damaged} (tensor {name!r} for kind {fields['kind']!r})")
+    if version == 1:  # the header is not under the checksum: anything unknown is damage
+        unknown = sorted(set(header) - set(HEADER_FIELDS) - {"crc32", "parttok_version"})
+        crc = header.get("crc32")
+        if unknown or not isinstance(crc, int) or isinstance(crc, bool):
+            raise TokenFileError(f"{damaged} (bad header: fields {unknown or ['crc32']})")
+        if zlib.crc32(np.ascontiguousarray(codes).tobytes()) != crc:
+            raise TokenFileError(f"{damaged} (checksum mismatch)")
+    tokens = TokenFile(codes=codes, version=version, **fields)
+    _check(tokens, codes, path)
     return tokens
 
 
@@ -238,7 +355,9 @@ def _check(tokens: TokenFile, codes: np.ndarray, path: Path) -> None:
     """The tensor's shape and values agree with the metadata."""
     problem = None
     ndim = 2 if tokens.kind == "codes" else 3
-    if codes.ndim != ndim or codes.shape[1] != len(tokens.parts):
+    if codes.dtype not in STORED_TYPES[tokens.kind]:
+        problem = f"{tokens.kind} stored as {codes.dtype}"
+    elif codes.ndim != ndim or codes.shape[1] != len(tokens.parts):
         problem = f"{tokens.kind} of shape {codes.shape} for {len(tokens.parts)} parts"
     elif tokens.frames_per_step < 1 or tokens.fps < 1:
         problem = f"frames per step {tokens.frames_per_step}, fps {tokens.fps}"

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import pickle
+import re
+import reprlib
+import typing
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
+from types import UnionType
 
 import numpy as np
 import torch
@@ -33,6 +39,18 @@ BATCH_FRAMES = 8192
 # How the model computes: in float32, or with bfloat16 matrix products (the codebooks and the
 # code search stay float32), Lightning's names for the same choice in training.
 PRECISIONS = ("32-true", "bf16-mixed")
+# A config.json is a few kilobytes; past this it is not one.
+MAX_CONFIG_BYTES = 1 << 20
+# Bounds on a model config, checked before anything is built: layer, head and level counts;
+# every other whole number (a size; the weights file bounds what sizes may allocate); the
+# length of a list or mapping.
+MAX_COUNT = 64
+MAX_SIZE = 1 << 20
+COUNT_SETTINGS = frozenset(
+    {"encoder_depth", "decoder_depth", "depth", "heads", "mlp_ratio", "downsample",
+     "downsample_levels", "dilation_growth", "num_quantizers"}
+)  # fmt: skip
+ZERO_SETTINGS = frozenset({"encoder_depth", "decoder_depth", "depth", "downsample_levels"})
 
 
 def model_classes() -> dict[str, type[nn.Module]]:
@@ -43,17 +61,112 @@ def model_classes() -> dict[str, type[nn.Module]]:
     return {cls.__name__: cls for cls in (PartTokenizer, ConvVQ, ResidualConvVQ)}
 
 
-def build_model(class_name: str, config: dict) -> nn.Module:
-    """Construct a registered model class from its JSON config."""
+def build_model(
+    class_name: str, config: dict, weights: dict[str, torch.Tensor] | None = None, source: str = ""
+) -> nn.Module:
+    """Construct a registered model class from its JSON config, checked before anything is
+    built: the settings' types and bounds (``check_model_config``) and, given the ``weights``
+    it will load, that the model's tensors have their shapes (built on the meta device
+    first, so a config cannot allocate more than its weights file holds). ``source`` (the
+    file) prefixes the one-line CheckpointError."""
+    where = f"{source}: " if source else ""
     classes = model_classes()
-    if class_name not in classes:
+    if not isinstance(class_name, str) or class_name not in classes:
         raise CheckpointError(
-            f"unknown model class {class_name!r}; expected one of {sorted(classes)}"
+            f"{where}unknown model class {class_name!r}; expected one of {sorted(classes)}"
         )
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}model config: expected a mapping, got {_brief(config)}")
+    constructor = classes[class_name]
+    check_model_config(constructor, config, where)
     try:
-        return classes[class_name](**config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"config does not fit {class_name}: {error}") from None
+        if weights is not None:
+            with torch.device("meta"):
+                _check_shapes(constructor(**config).state_dict(), weights, where)
+        return constructor(**config)
+    except (TypeError, ValueError, ArithmeticError, AssertionError) as error:
+        reason = str(error) or f"a setting out of range ({type(error).__name__})"
+        raise CheckpointError(f"{where}config does not fit {class_name}: {reason}") from None
+
+
+def check_model_config(constructor: type[nn.Module], config: dict, where: str = "") -> None:
+    """Raise CheckpointError unless every setting is one ``constructor`` takes, of the type
+    its signature declares and within bounds: whole numbers >= 1 (``ZERO_SETTINGS`` >= 0), at
+    most MAX_COUNT for ``COUNT_SETTINGS`` and MAX_SIZE for the rest; other numbers finite and
+    >= 0; lists and mappings at most MAX_COUNT long, holding whole numbers up to MAX_SIZE."""
+    hints = typing.get_type_hints(constructor.__init__)
+    for name, value in config.items():
+        if name not in hints or name == "return":
+            raise CheckpointError(f"{where}unknown setting {name!r} for {constructor.__name__}")
+        problem = _setting_problem(name, value, hints[name])
+        if problem:
+            raise CheckpointError(
+                f"{where}setting {name!r} of {constructor.__name__}: {problem}, got {_brief(value)}"
+            )
+
+
+def _setting_problem(name: str, value: object, hint: object) -> str | None:
+    if not _has_type(value, hint):
+        return f"expected {hint.__name__ if hint in (int, float, bool, str) else hint}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = 0 if name in ZERO_SETTINGS else 1
+        high = MAX_COUNT if name in COUNT_SETTINGS else MAX_SIZE
+        return None if low <= value <= high else f"expected a whole number in [{low}, {high}]"
+    if isinstance(value, float):
+        return None if value >= 0 else "expected a number >= 0"
+    if isinstance(value, (list, dict)) and not _small(value):
+        return f"expected at most {MAX_COUNT} items of whole numbers up to {MAX_SIZE}"
+    return None
+
+
+def _has_type(value: object, hint: object) -> bool:
+    """Whether a JSON value is of the type a constructor annotation names."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (UnionType, typing.Union):
+        return any(_has_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and math.isfinite(value)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _has_type(key, args[0]) and _has_type(item, args[1]) for key, item in value.items()
+        )
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _small(value: object) -> bool:
+    """A list or mapping (nested as a config allows) of at most MAX_COUNT items each, its
+    whole numbers in [0, MAX_SIZE]."""
+    if isinstance(value, dict):
+        return len(value) <= MAX_COUNT and all(_small(item) for item in value.values())
+    if isinstance(value, list):
+        return len(value) <= MAX_COUNT and all(_small(item) for item in value)
+    return not isinstance(value, int) or isinstance(value, bool) or 0 <= value <= MAX_SIZE
+
+
+def _check_shapes(expected: dict, weights: dict, where: str) -> None:
+    """The weights hold exactly the tensors of a model's state dict, in their shapes."""
+    problems = [f"missing {name}" for name in expected if name not in weights]
+    problems += [f"unexpected {name}" for name in weights if name not in expected]
+    problems += [
+        f"{name}: {tuple(weights[name].shape)} in the weights, {tuple(shape.shape)} in the config"
+        for name, shape in expected.items()
+        if name in weights and weights[name].shape != shape.shape
+    ]
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise CheckpointError(f"{where}weights do not fit the model config ({problems[0]}{more})")
+
+
+def _brief(value: object) -> str:
+    """A value's repr, cut short (nesting and length) to fit a one-line message."""
+    return reprlib.repr(value)
 
 
 class Tokenizer:
@@ -338,54 +451,114 @@ class Tokenizer:
             raise CheckpointError(
                 f"{path}: not a parttok tokenizer (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
             )
+        config_path = path / CONFIG_FILE
+        if config_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{config_path}: over {MAX_CONFIG_BYTES} bytes, not a config")
         try:
-            config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({error})") from None
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as error:  # also bad UTF-8, a 5,000-digit number
+            reason = "nested too deeply" if isinstance(error, RecursionError) else error
+            raise CheckpointError(f"{config_path}: not valid JSON ({reason})") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-            raise CheckpointError(f"{path / CONFIG_FILE}: not a parttok tokenizer config")
-        if int(config.get("version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{config_path}: not a parttok tokenizer config")
+        version = config.get("version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"{config_path}: bad format version {_brief(version)}")
+        if version > FORMAT_VERSION:
             raise CheckpointError(
-                f"{path}: written by a newer parttok (format {config['version']}); upgrade parttok"
+                f"{path}: written by a newer parttok (format {version}); upgrade parttok"
             )
         try:
             tensors = load_file(str(path / WEIGHTS_FILE))
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: damaged weights ({error})") from None
-        model = build_model(config.get("model_class", ""), config.get("model_config", {}))
-        return cls._assemble(model, tensors, path, device, precision)
+        model_class, model_config = config.get("model_class", ""), config.get("model_config", {})
+        return cls._assemble(model_class, model_config, tensors, path, device, precision)
 
     @classmethod
     def _from_lightning_checkpoint(cls, path: Path, device, precision: str) -> Tokenizer:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for damaged or unsafe files
-            raise CheckpointError(
-                f"{path}: cannot read as a safe Lightning checkpoint ({error})"
-            ) from None
-        info = checkpoint.get("parttok") if isinstance(checkpoint, dict) else None
-        if not info:
+        checkpoint = read_lightning_checkpoint(path)
+        info = checkpoint.get("parttok")
+        if not isinstance(info, dict) or "model_class" not in info:
             raise CheckpointError(f"{path}: not written by parttok train (no model description)")
-        model = build_model(info["model_class"], info["model_config"])
-        state = checkpoint["state_dict"]
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict) or "mean" not in state or "std" not in state:
+            raise CheckpointError(f"{path}: no normalisation statistics (mean, std) in its state")
         tensors = {k: v for k, v in state.items() if k.startswith("model.")}
         tensors["stats.mean"], tensors["stats.std"] = state["mean"], state["std"]
-        return cls._assemble(model, tensors, path, device, precision)
+        model_config = info.get("model_config", {})
+        return cls._assemble(info["model_class"], model_config, tensors, path, device, precision)
 
     @classmethod
     def _assemble(
-        cls, model: nn.Module, tensors: dict, path: Path, device, precision: str
+        cls, model_class: str, model_config: dict, tensors: dict, path: Path, device, precision: str
     ) -> Tokenizer:
+        """The tokenizer of checked weights and statistics, built as its config says."""
+        mean, std = _checked_statistics(tensors, path)
+        weights = {k.removeprefix("model."): v for k, v in tensors.items()}
+        for name, value in weights.items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"{path}: weights {name!r} are not a tensor")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise CheckpointError(f"{path}: weights {name!r} hold NaN or infinite values")
+        model = build_model(model_class, model_config, weights, source=str(path))
         try:
-            mean, std = tensors.pop("stats.mean"), tensors.pop("stats.std")
-            weights = {k.removeprefix("model."): v for k, v in tensors.items()}
             model.load_state_dict(weights, strict=True)
-        except (KeyError, RuntimeError) as error:
+        except RuntimeError as error:
             message = str(error).splitlines()[0]
             raise CheckpointError(
                 f"{path}: weights do not fit the model config ({message})"
             ) from None
-        return cls(model, mean.numpy(), std.numpy(), device=device, precision=precision)
+        return cls(model, mean, std, device=device, precision=precision)
+
+
+def read_lightning_checkpoint(path: str | Path) -> dict:
+    """A Lightning ``.ckpt`` loaded safely (``torch.load`` with ``weights_only``: tensors,
+    numbers and containers, nothing a pickle could run); any failure is one CheckpointError
+    line, without torch's advice to load the file unsafely."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged or unsafe files
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's gist
+        if isinstance(error, pickle.UnpicklingError) and reason.startswith("Weights only"):
+            why = _UNSAFE_REASON.search(str(error))  # past torch's advice to load it unsafely
+            reason = f"refused, not only tensors and numbers: {why[1] if why else 'a pickle'}"
+        raise CheckpointError(
+            f"{path}: cannot read as a safe Lightning checkpoint ({reason})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no mapping inside)")
+    return checkpoint
+
+
+# The reason in torch's refusal of an unsafe pickle, up to the end of its sentence.
+_UNSAFE_REASON = re.compile(r"((?:Unsupported|Trying to load)[^\n]*?)(?:\. |\.?$)", re.MULTILINE)
+
+
+def _checked_statistics(tensors: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Pop and check the normalisation statistics: (263,) finite numbers, std > 0 (a zero std
+    makes every normalised frame infinite and every code 0)."""
+    statistics = []
+    for name in ("stats.mean", "stats.std"):
+        value = tensors.pop(name, None)
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+        if shape != (FEATURE_DIM,):
+            found = type(value).__name__ if shape is None else f"shape {shape}"
+            raise CheckpointError(
+                f"{path}: normalisation statistics {name} must be ({FEATURE_DIM},), got {found}"
+            )
+        array = value.detach().float().cpu().numpy()
+        if not np.isfinite(array).all():
+            raise CheckpointError(f"{path}: normalisation statistics {name} hold NaN or inf")
+        statistics.append(array)
+    mean, std = statistics
+    if (std <= 0).any():
+        raise CheckpointError(
+            f"{path}: normalisation statistics stats.std has {int((std <= 0).sum())} zero or "
+            "negative entries (every code would be the same)"
+        )
+    return mean, std
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:

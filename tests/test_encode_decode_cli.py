@@ -22,7 +22,7 @@ from parttok.features import features_to_joints
 from parttok.inference import RunOptions, encode_files, output_jobs
 from parttok.skeleton import JOINT_NAMES
 from parttok.sources import find_clips, load_clip_features
-from parttok.tokenfile import PROJECTOR_FILE, load_tokens
+from parttok.tokenfile import FORMAT_VERSION, PROJECTOR_FILE, load_tokens
 from parttok.tokenizer import Tokenizer
 
 BVH_CLIP = "02_01.bvh"  # the shortest CMU clip
@@ -204,7 +204,8 @@ def test_bad_token_files_are_reported_and_the_rest_decoded(
         "-f",
     )
     newer = tokens_dir / "012314.ptok"
-    newer.write_bytes(newer.read_bytes().replace(b'"version":"1"', b'"version":"7"'))
+    current = f'"version":"{FORMAT_VERSION}"'.encode()
+    newer.write_bytes(newer.read_bytes().replace(current, b'"version":"7"'))
     status, _, err = run(
         capsys, "decode", tokens_dir, "--out", tmp_path / "out", "--checkpoint", checkpoint
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+import zlib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,20 @@ def test_precision_and_refine_round_trip_and_older_files_read_as_before(tmp_path
     del header["precision"], header["refine"]  # as written before parttok recorded them
     older = write_with_metadata(tmp_path / "older.ptok", {"header": json.dumps(header)})
     assert load_tokens(older).precision == "32-true" and load_tokens(older).refine == 0
+    format_1 = write_format_1(tmp_path / "format1.ptok", make_tokens(), drop=("refine",))
+    assert_same(replace(load_tokens(format_1), version=FORMAT_VERSION), make_tokens())
+    assert load_tokens(format_1).version == 1
+
+
+def write_format_1(path: Path, tokens: TokenFile, drop: tuple[str, ...] = ()) -> Path:
+    """``tokens`` as parttok wrote them in format 1: the CRC-32 of the codes alone in the
+    header, the header's fields ``drop`` left out."""
+    codes = np.ascontiguousarray(tokens.codes, dtype=np.int16)
+    header = {k: v for k, v in asdict(tokens).items() if k not in ("codes", "version", *drop)}
+    header.update(parts=list(tokens.parts), crc32=zlib.crc32(codes.tobytes()))
+    metadata = {"format": "parttok-tokens", "version": "1", "header": json.dumps(header)}
+    save_file({"codes": codes}, str(path), metadata=metadata)
+    return path
 
 
 def test_saving_replaces_an_existing_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -119,11 +134,14 @@ def test_any_codes_round_trip(tmp_path_factory, steps, parts, codebook_size, see
 
 
 def write_with_metadata(path: Path, changes: dict) -> Path:
-    """A copy of a good token file with some metadata entries replaced."""
+    """A copy of a good token file with some metadata entries replaced, its checksum made
+    to fit them (as a faulty writer would)."""
     good = save_tokens(path.with_name("good.ptok"), make_tokens())
     with safe_open(str(good), "np") as handle:
         metadata, codes = handle.metadata(), handle.get_tensor("codes")
-    save_file({"codes": codes}, str(path), metadata={**metadata, **changes})
+    metadata.update(changes)
+    crc = zlib.crc32(codes.tobytes(), zlib.crc32(metadata["header"].encode()))
+    save_file({"codes": codes}, str(path), metadata={**metadata, "crc32": str(crc)})
     return path
 
 

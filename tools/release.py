@@ -151,16 +151,20 @@ def resolved_config(extra: tuple[str, ...] = ()) -> dict:
 @functools.cache
 def _printed_config(extra: tuple[str, ...]) -> dict:
     from parttok.cli.train import run_lightning_cli  # Lightning only for the tools that resolve
+    from parttok.errors import InputError
 
     printed, errors = io.StringIO(), io.StringIO()
     arguments = ["--config", str(REPO / "configs" / "cpu.yaml"), *extra, "--print_config"]
     code: object = "no exit"
+    refused = ""
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
         try:
             run_lightning_cli(arguments)
         except SystemExit as exit_:
             code = exit_.code
-    said = errors.getvalue()
+        except InputError as error:  # a bad argument: parttok train's one-line error
+            code, refused = 2, f"error: {error}"
+    said = errors.getvalue() + refused
     try:
         config = yaml.safe_load(printed.getvalue()) if code in (0, None) else None
     except yaml.YAMLError:

@@ -22,6 +22,7 @@ COMMANDS = {
     "tune": ("tune", "instruction-tune a language model on motion tokens (LightningCLI)"),
     "generate": ("generate", "text -> motion through a tuned language model"),
     "caption": ("caption", "motion -> text through a tuned language model"),
+    "pose": ("pose", "2D keypoints -> 3D pose through a tuned language model"),
     "evaluate-llm": ("evaluate_llm", "measure a tuned language model on held-out clips"),
 }
 
@@ -56,17 +57,17 @@ def _command_module(module_name: str):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``parttok`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # LightningCLI parses its own arguments
-        from parttok.cli.train import run_lightning_cli
-
-        return run_lightning_cli(argv[1:])
-    if argv[:1] == ["tune"]:
-        from parttok.cli.tune import run_tune
-
+    if argv[:1] in (["train"], ["tune"]):  # LightningCLI parses their arguments
         try:
+            if argv[0] == "train":
+                from parttok.cli.train import run_lightning_cli
+
+                return run_lightning_cli(argv[1:])
+            from parttok.cli.tune import run_tune
+
             return run_tune(argv[1:])
         except ParttokError as error:
-            print(f"parttok tune: error: {error}", file=sys.stderr)
+            print(f"parttok {argv[0]}: error: {error}", file=sys.stderr)
             return 2
     args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:

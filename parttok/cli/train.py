@@ -4,6 +4,10 @@ Everything a run writes goes under ``trainer.default_root_dir``: ``checkpoints/`
 ``--checkpoint.every_n_train_steps`` steps and ``last.ckpt``), ``logs/`` (CSV),
 ``tensorboard/`` and, when training ends, ``tokenizer/`` (the exported model).
 Resume after a kill with ``--ckpt_path last``.
+
+Before anything is built or written, a bad flag, a data folder not in the HumanML3D layout
+or a checkpoint to resume from that does not load safely is one line (``parttok train:
+error: ...``, exit status 2).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from jsonargparse import ArgumentError, Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from parttok.data import MotionDataModule
+from parttok.data import HumanML3DFolder, MotionDataModule
+from parttok.errors import CheckpointError, InputError
+from parttok.tokenizer import read_lightning_checkpoint
 from parttok.training import TokenizerModule
 
 
@@ -38,8 +45,28 @@ class ParttokCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """Parse ``args``: ``parttok train`` passes its own arguments, so the ``parttok`` command
         line in ``sys.argv`` is not a clash (LightningCLI would warn). ``sys.argv`` stays as
-        it is: Lightning's DDP launcher starts the other processes from it."""
-        self.config = parser.parse_args(args)
+        it is: Lightning's DDP launcher starts the other processes from it. A bad argument
+        is one InputError line, not the usage of every Lightning option (the parsers are made
+        with ``exit_on_error`` off); then ``check_inputs``, before Lightning reads the
+        checkpoint's hyperparameters."""
+        try:
+            self.config = parser.parse_args(args)
+        except ArgumentError as error:
+            message = " ".join(str(error).split())
+            raise InputError(f"{message} (--help lists the options)") from None
+        subcommand = self.config.get("subcommand")
+        self.check_inputs(self.config[subcommand] if subcommand else self.config)
+
+    def check_inputs(self, config: Namespace) -> None:
+        """Raise a one-line error, before anything is built or written, for a data folder not
+        in the HumanML3D layout or a checkpoint to resume from that torch cannot load with
+        ``weights_only`` (damaged, or a pickle that would run code)."""
+        if self.datamodule_class is MotionDataModule:
+            for folder in config.get("data.data_dirs") or []:
+                HumanML3DFolder(folder)  # InputError unless in the HumanML3D layout
+        resumed = resume_checkpoint(config)
+        if resumed is not None and config.get("weights_only") is not False:
+            read_lightning_checkpoint(resumed)  # CheckpointError unless it loads safely
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -60,6 +87,24 @@ class ParttokCLI(LightningCLI):
         return trainer
 
 
+def resume_checkpoint(config: Namespace) -> Path | None:
+    """The file ``--ckpt_path`` makes Lightning resume from: a path, or "last" (the newest
+    ``last*.ckpt`` in the checkpoint folder, if any); None for none or one it resolves
+    itself ("best", "hpc", a URL or a registry name). A missing file is a CheckpointError."""
+    name = str(config.get("ckpt_path") or "")
+    if not name or name in ("best", "hpc") or "://" in name or name.startswith("registry:"):
+        return None
+    if name == "last":
+        root = Path(config.get("trainer.default_root_dir") or ".")
+        found = list(
+            Path(config.get("checkpoint.dirpath") or root / "checkpoints").glob("last*.ckpt")
+        )
+        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+    if not Path(name).is_file():
+        raise CheckpointError(f"{name}: no such checkpoint to resume from")
+    return Path(name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="LightningCLI arguments")
 
@@ -76,6 +121,7 @@ def run_lightning_cli(argv: list[str], module_class=None, data_class=None) -> in
         data_class or MotionDataModule,
         args=["fit", *argv],
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
     )
     return 0
 
