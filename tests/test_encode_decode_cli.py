@@ -25,6 +25,7 @@ from parttok.sources import find_clips, load_clip_features
 from parttok.tokenfile import FORMAT_VERSION, PROJECTOR_FILE, load_tokens
 from parttok.tokenizer import Tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 BVH_CLIP = "02_01.bvh"  # the shortest CMU clip
 
 
@@ -305,3 +306,23 @@ def test_mixed_precision_encode_decode_and_evaluate(
     part_features = continuous.encode(features)  # (S, P, D)
     assert part_features.dtype == np.float32 and part_features.shape == exact.shape
     assert 0 < np.abs(part_features - exact).max() < 0.1 * np.abs(exact).max()
+
+
+def test_version_and_no_abbreviated_options(capsys, tmp_path):
+    """--version names the package version; a prefix of an option is an error, never taken
+    for the option (in parttok's parsers and in LightningCLI's)."""
+    import parttok
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"parttok {parttok.__version__}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", str(tmp_path), "--ou", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+    root = tmp_path / "run"
+    args = ["train", "--config", str(REPO / "configs" / "smoke.yaml"), "--trainer.max_step", "3"]
+    assert main([*args, "--trainer.default_root_dir", str(root)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unrecognized arguments: --trainer.max_step" in line and not root.exists()

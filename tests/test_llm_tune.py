@@ -172,7 +172,7 @@ def test_tune_exports_checkpoints_and_logs(tuned, tiny_base, conversations):
     assert keys and all("lora_" in k or "trainable_tokens" in k for k in keys)
     assert checkpoint["global_step"] == 3
 
-    with open(tuned / "logs" / "metrics.csv", newline="") as file:
+    with open(tuned / "logs" / "version_0" / "metrics.csv", newline="") as file:
         logged = list(csv.DictReader(file))
     columns = set(logged[0])
     assert {f"val/{task}" for task in TASKS} | {"val/loss", "train/loss"} <= columns

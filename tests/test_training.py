@@ -680,8 +680,9 @@ def test_training_resumes_after_a_kill(converted, tmp_path):
     assert main(resume) == 0
     final = torch.load(last, map_location="cpu", weights_only=True)
     assert final["global_step"] == saved + 3
-    metrics = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
-    assert len(metrics) > 1
+    first, resumed = (tmp_path / "logs" / f"version_{n}" for n in (0, 1))
+    assert (first / "config.yaml").is_file()  # the killed run's logs kept, not overwritten
+    assert len((resumed / "metrics.csv").read_text().splitlines()) > 1
 
 
 def test_bad_checkpoints_give_clear_errors(converted, tmp_path, capsys):

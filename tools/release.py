@@ -129,8 +129,13 @@ def splits_changed(run: Path, current: dict[str, str]) -> str | None:
 
 
 def saved_config(run: Path) -> dict:
-    """The configuration a run trained with, as LightningCLI saved it."""
-    saved = run / "logs" / "config.yaml"
+    """The configuration a run trained with, as LightningCLI saved it (in its latest
+    ``logs/version_N/``, or ``logs/`` for runs from before versioned logs)."""
+    found = sorted(
+        (run / "logs").glob("version_*/config.yaml"),
+        key=lambda path: int(path.parent.name.split("_")[-1]),
+    )
+    saved = found[-1] if found else run / "logs" / "config.yaml"
     if not saved.is_file():
         raise SystemExit(f"{saved} is missing: use a run trained by parttok train")
     return yaml.safe_load(saved.read_text())

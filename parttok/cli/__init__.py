@@ -29,9 +29,14 @@ COMMANDS = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that sub-command's (imports stay light)."""
+    from parttok import __version__
+
     parser = argparse.ArgumentParser(
-        prog="parttok", description="Body-part motion tokens for language models."
+        prog="parttok",
+        description="Body-part motion tokens for language models.",
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"parttok {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if only is not None and name != only:
@@ -39,7 +44,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         module = _command_module(module_name)
         if module is None:
             continue
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser

@@ -1,8 +1,9 @@
 """``parttok train --config configs/NAME.yaml [--overrides]``: LightningCLI ``fit``.
 
 Everything a run writes goes under ``trainer.default_root_dir``: ``checkpoints/`` (every
-``--checkpoint.every_n_train_steps`` steps and ``last.ckpt``), ``logs/`` (CSV),
-``tensorboard/`` and, when training ends, ``tokenizer/`` (the exported model).
+``--checkpoint.every_n_train_steps`` steps and ``last.ckpt``), ``logs/version_N/`` (the
+resolved ``config.yaml`` and ``metrics.csv``; each start, a resume too, takes the next N),
+``tensorboard/version_N/`` and, when training ends, ``tokenizer/`` (the exported model).
 Resume after a kill with ``--ckpt_path last``.
 
 Before anything is built or written, a bad flag, a data folder not in the HumanML3D layout
@@ -73,9 +74,10 @@ class ParttokCLI(LightningCLI):
         if config.trainer.logger in (None, True):
             root = config.trainer.default_root_dir or "."
             config.trainer.logger = False  # replaced by the loggers below once instantiated
+            csv_logger = CSVLogger(root, name="logs")  # logs/version_N: runs never overwrite
             self._run_loggers = [
-                CSVLogger(root, name="logs", version=""),
-                TensorBoardLogger(root, name="tensorboard", version=""),
+                csv_logger,
+                TensorBoardLogger(root, name="tensorboard", version=csv_logger.version),
             ]
         else:
             self._run_loggers = None
@@ -121,7 +123,11 @@ def run_lightning_cli(argv: list[str], module_class=None, data_class=None) -> in
         data_class or MotionDataModule,
         args=["fit", *argv],
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+        parser_kwargs={  # misspelt options are errors, not prefixes of real ones
+            "exit_on_error": False,
+            "allow_abbrev": False,
+            "fit": {"exit_on_error": False, "allow_abbrev": False},
+        },
     )
     return 0
 
