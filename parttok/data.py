@@ -923,6 +923,8 @@ def convert_sources(
         for task in plan_conversion(sources, out, rig, force)
     ]
     ensure_output_dir(out)  # a file in the way or a read-only disk: one error, before any work
+    if not older:  # no clip from another version: marked now, so a killed run's clips count
+        _write_if_changed(marker, FEATURE_VERSION)
     if any(task.path.suffix.lower() != ".npy" for task in tasks):
         import parttok.bvh  # noqa: F401  (imported once here, not in every worker)
     done, failed = process_batch(

@@ -17,11 +17,18 @@ Result = TypeVar("Result")
 
 
 def _single_thread() -> None:
-    """Pool workers run one torch thread each: forked OpenMP pools hang, and the work is
-    already parallel across processes."""
+    """Pool workers run one torch thread each (forked OpenMP pools hang, and the work is
+    already parallel across processes) and, on Linux, die with their parent, so a killed
+    run leaves no orphans."""
     import torch
 
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _guarded(worker: Callable[[Item], Result], item: Item) -> tuple[Result | None, str | None]:
