@@ -148,6 +148,12 @@ def load_tokens(path: str | Path, expect_identity: str | None = None) -> TokenFi
             metadata = handle.metadata() or {}
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}
     except SafetensorError as error:
+        known = {".bvh": "a BVH file", ".npy": "a numpy array", ".json": "a JSON file"}
+        kind = known.get(path.suffix.lower())
+        if kind is not None:
+            raise TokenFileError(
+                f"{path}: not a token file ({kind}? decode reads the .ptok files encode writes)"
+            ) from None
         raise TokenFileError(f"{path}: damaged or not a token file ({error})") from None
     except OSError as error:
         raise TokenFileError(f"{path}: cannot read ({error.strerror or error})") from None

@@ -168,6 +168,8 @@ def test_truncated_empty_and_foreign_files_are_refused(tmp_path: Path) -> None:
     save_file({"weight": np.zeros((2, 2), np.float32)}, str(model_weights))
     expect_error(model_weights, "not a parttok token file")
     expect_error(tmp_path / "missing.ptok", "cannot read")
+    (tmp_path / "walk.bvh").write_text("HIERARCHY\nROOT Hips\n")
+    expect_error(tmp_path / "walk.bvh", "not a token file (a BVH file?")
 
 
 def test_corrupted_codes_fail_the_checksum(tmp_path: Path) -> None:
