@@ -30,12 +30,18 @@ class ClipSource:
 
 
 def find_clips(
-    sources: list[str | Path], suffixes: tuple[str, ...] = MOTION_SUFFIXES
+    sources: list[str | Path],
+    suffixes: tuple[str, ...] = MOTION_SUFFIXES,
+    split: str | None = None,
 ) -> list[ClipSource]:
     """Every clip under ``sources``, in a stable order, skipping hidden files and folders
-    (temporaries of unfinished writes among them); a missing source raises InputError."""
+    (temporaries of unfinished writes among them); a missing source raises InputError.
+    With ``split``, only the clips a HumanML3D-layout folder's ``<split>.txt`` lists (every
+    source must be such a folder)."""
     clips: list[ClipSource] = []
     for source in map(Path, sources):
+        if split is not None and not (source.is_dir() and is_humanml3d_folder(source)):
+            raise InputError(f"{source}: a split needs a folder in the HumanML3D layout")
         if source.is_file():
             clips.append(ClipSource(source, Path(source.name)))
         elif source.is_dir():
@@ -47,10 +53,21 @@ def find_clips(
                 for p in root.rglob("*")
                 if p.suffix.lower() in suffixes and not is_hidden(p, root) and p.is_file()
             )
+            if split is not None:
+                listed = _split_ids(source, split)
+                files = [p for p in files if p.stem in listed]
             clips += [ClipSource(p, p.relative_to(root)) for p in files]
         else:
             raise InputError(f"{source}: no such file or folder")
     return clips
+
+
+def _split_ids(folder: Path, split: str) -> set[str]:
+    path = folder / f"{split}.txt"
+    try:
+        return set(path.read_text(encoding="utf-8").split())
+    except (OSError, UnicodeDecodeError):
+        raise InputError(f"{path}: no such split list") from None
 
 
 def load_clip_features(path: str | Path, rig: str = "auto") -> np.ndarray:

@@ -326,3 +326,20 @@ def test_version_and_no_abbreviated_options(capsys, tmp_path):
     assert main([*args, "--trainer.default_root_dir", str(root)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "unrecognized arguments: --trainer.max_step" in line and not root.exists()
+
+
+def test_evaluate_scores_only_the_split_asked(humanml3d_dir, tmp_path, capsys):
+    """--split test scores the one HumanML3D clip its test.txt lists (never a training clip);
+    a split of a plain folder of files is one line and exit 2; -q shows no progress bar."""
+    report = tmp_path / "eval.json"
+    args = ["evaluate", str(humanml3d_dir), "--json", str(report), "-q"]
+    assert main([*args, "--split", "test"]) == 0
+    rows = json.loads(report.read_text())["per_clip"]
+    assert [row["clip"] for row in rows] == ["000000"]
+    assert "loading" not in capsys.readouterr().err
+    assert main([*args, "--split", "train"]) == 0
+    assert json.loads(report.read_text())["clips"] == 3
+    plain = humanml3d_dir / "new_joint_vecs"
+    assert main(["evaluate", str(plain), "--split", "test", "-q"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "a split needs a folder in the HumanML3D layout" in line

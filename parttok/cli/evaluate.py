@@ -22,14 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
     add_refine_argument(parser)
     parser.add_argument("--report", help="also write a markdown report with figures to this folder")
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default="all",
+        help="HumanML3D-layout folders: only the clips <split>.txt lists (default: all)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     tokenizer.check_refine(args.refine)
-    clips = find_clips(args.sources)
+    clips = find_clips(args.sources, split=None if args.split == "all" else args.split)
     loaded, failed = process_batch(
-        clips, lambda clip: load_clip_features(clip.path, args.rig), "loading"
+        clips,
+        lambda clip: load_clip_features(clip.path, args.rig),
+        "loading",
+        show_progress=not args.quiet,
     )
     usable = {str(clip.relative.with_suffix("")): features for clip, features in loaded}
     usable = {n: f for n, f in usable.items() if len(f) >= tokenizer.frames_per_step}
