@@ -121,12 +121,15 @@ def run(args: argparse.Namespace) -> int:
 def _language(llm, ev) -> dict:
     """General-question accuracy of the tuned model and its base, and the KL between them."""
     from parttok.llm.base import load_base
-    from parttok.llm.model import MotionLLM
+    from parttok.llm.model import answers
 
     questions = ev.load_questions()
     base_model, base_tokenizer = load_base(llm.meta["base"])
-    base = MotionLLM(base_model, base_tokenizer, llm.vocabularies, llm.tokenizer, llm.meta)
-    base_right = ev.general_answers(base.chat, questions)
+
+    def base_chat(prompts: list[str]) -> list[str]:
+        return [a.strip() for a in answers(base_model, base_tokenizer, prompts, 32)]
+
+    base_right = ev.general_answers(base_chat, questions)
     tuned_right = ev.general_answers(llm.chat, questions)
     known = [i for i, right in enumerate(base_right) if right]
     kl = ev.next_token_kl(llm.model, base_model, llm.hf_tokenizer, [q for q, _ in questions])

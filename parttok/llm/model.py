@@ -73,6 +73,29 @@ class MotionGrammar:
         return scores.masked_fill(~allowed, float("-inf"))
 
 
+def answers(
+    model, hf_tokenizer, prompts: list[str], max_new_tokens: int, processor=None, sample=False, **kw
+) -> list[str]:
+    """Answers (texts) of ``model`` to chat prompts, batched with left padding; a logits
+    ``processor`` constrains them."""
+    texts = [prompt_text(hf_tokenizer, p) for p in prompts]
+    hf_tokenizer.padding_side = "left"
+    batch = hf_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    extra = {"logits_processor": [processor]} if processor is not None else {}
+    with torch.inference_mode():
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            pad_token_id=hf_tokenizer.pad_token_id,
+            eos_token_id=hf_tokenizer.eos_token_id,
+            **extra,
+            **kw,
+        )
+    generated = out[:, batch["input_ids"].shape[1] :]
+    return [hf_tokenizer.decode(row, skip_special_tokens=True) for row in generated]
+
+
 @dataclass(frozen=True)
 class Generated:
     """A motion an LLM wrote: codes (S, P) and the text they came from."""
@@ -142,24 +165,9 @@ class MotionLLM:
 
     # --- generation ----------------------------------------------------------------------
     def _run(self, prompts: list[str], max_new_tokens: int, processor=None, sample=False, **kw):
-        """Answers (texts) to chat prompts, batched with left padding."""
-        tok = self.hf_tokenizer
-        texts = [prompt_text(tok, p) for p in prompts]
-        tok.padding_side = "left"
-        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        extra = {"logits_processor": [processor]} if processor is not None else {}
-        with torch.inference_mode():
-            out = self.model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                **extra,
-                **kw,
-            )
-        answers = out[:, batch["input_ids"].shape[1] :]
-        return [tok.decode(row, skip_special_tokens=True) for row in answers]
+        return answers(
+            self.model, self.hf_tokenizer, prompts, max_new_tokens, processor, sample, **kw
+        )
 
     def generate(
         self,
