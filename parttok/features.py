@@ -14,6 +14,7 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
+from parttok.constants import FPS as FPS
 from parttok.errors import FeatureError
 from parttok.rotations import qbetween, qinv, qmul, qrot, quat_to_6d
 from parttok.skeleton import (
@@ -28,7 +29,6 @@ from parttok.skeleton import (
 
 FEATURE_DIM = 263
 KIT_FEATURE_DIM = 251
-FPS = 20
 FOOT_CONTACT_THRESHOLD = 0.002  # squared displacement per frame, m^2 (KIT-ML uses 0.05)
 FORWARD_SMOOTHING_SIGMA = 20  # frames
 

@@ -23,14 +23,13 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from parttok.constants import DECODE_FORMATS
 from parttok.errors import InputError, TokenFileError
 from parttok.features import FPS, features_to_joints
 from parttok.io import save_npy
 from parttok.sources import ClipSource, load_clip_features
 from parttok.tokenfile import TokenFile, load_tokens, save_tokens
 from parttok.tokenizer import Tokenizer, length_batches
-
-DECODE_FORMATS = ("joints", "features", "bvh")
 
 
 @dataclass(frozen=True)

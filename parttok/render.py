@@ -20,6 +20,7 @@ from mpl_toolkits.mplot3d import proj3d
 from mpl_toolkits.mplot3d.art3d import Line3DCollection, Poly3DCollection
 from PIL import Image, ImageColor
 
+from parttok.constants import ANIMATION_SUFFIXES
 from parttok.errors import InputError, ParttokError
 from parttok.features import FPS, check_joints
 from parttok.io import atomic_path
@@ -35,7 +36,6 @@ PART_COLORS = {
     "left_leg": "#17a2b8",
     "right_leg": "#f08c1a",
 }
-ANIMATION_SUFFIXES = (".gif", ".mp4")
 MP4_MISSING = "MP4 needs the video extra: pip install parttok[video]"
 
 _FLOOR_COLOR, _FLOOR_EDGE_COLOR, _GRID_COLOR = "#f3f3f3", "#cccccc", "#d9d9d9"

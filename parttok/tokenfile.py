@@ -34,6 +34,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from parttok import __version__
+from parttok.constants import TOKEN_SUFFIX as TOKEN_SUFFIX
 from parttok.errors import TokenFileError
 from parttok.io import atomic_path
 
@@ -42,7 +43,6 @@ PROJECTOR_FORMAT = "parttok-projector"
 PROJECTOR_FILE = "projector.safetensors"
 FORMAT_VERSION = 2  # 2: the checksum covers the header too
 PROJECTOR_VERSION = 1
-TOKEN_SUFFIX = ".ptok"
 SHIPPED_MODEL = "shipped"  # checkpoint_source of tokens made by the shipped model
 KINDS = {"codes": "codes", "continuous": "features"}  # kind -> tensor name
 STORED_TYPES = {"codes": (np.int16, np.int32), "continuous": (np.float32,)}

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from parttok.constants import PRECISIONS
 from parttok.errors import CheckpointError, InputError
 from parttok.features import FEATURE_DIM, FPS, check_features
 from parttok.io import atomic_path, slow_bfloat16, write_text
@@ -36,9 +37,6 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # CPU's caches and each frame costs more (tools/bench_throughput.py's 4 five-minute clips in
 # one pass encoded at 11.8k frames/s, 30k with this cap).
 BATCH_FRAMES = 8192
-# How the model computes: in float32, or with bfloat16 matrix products (the codebooks and the
-# code search stay float32), Lightning's names for the same choice in training.
-PRECISIONS = ("32-true", "bf16-mixed")
 # A config.json is a few kilobytes; past this it is not one.
 MAX_CONFIG_BYTES = 1 << 20
 # Bounds on a model config, checked before anything is built: layer, head and level counts;

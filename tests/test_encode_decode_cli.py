@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -343,3 +345,51 @@ def test_evaluate_scores_only_the_split_asked(humanml3d_dir, tmp_path, capsys):
     assert main(["evaluate", str(plain), "--split", "test", "-q"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "a split needs a folder in the HumanML3D layout" in line
+
+
+HEAVY_MODULES = (
+    "torch",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "jsonargparse",
+    "transformers",
+    "matplotlib",
+    "scipy",
+)
+BUILD_EVERY_PARSER = """
+import contextlib, io, sys
+from parttok.cli import COMMANDS, build_parser, main
+build_parser()
+for name in COMMANDS:
+    build_parser(name)
+for argv in [["--help"]] + [[name, *extra] for name in COMMANDS if name not in ("train", "tune")
+                            for extra in (["--help"], [])]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as exit:
+            assert exit.code in (0, 2), (argv, exit.code)
+        else:
+            raise AssertionError(f"{argv}: parsed without the required arguments")
+print(" ".join(sorted(name for name in %r if name in sys.modules)))
+"""
+
+
+def test_help_and_argument_errors_import_nothing_heavy():
+    """Building the parser of every command (``parttok --help``, ``parttok X --help``, a
+    missing argument) imports neither torch nor Lightning, so help answers at once; and
+    ``python -m parttok encode --help`` works."""
+    script = BUILD_EVERY_PARSER % (HEAVY_MODULES,)
+    finished = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == ""  # none of HEAVY_MODULES was imported
+    finished = subprocess.run(
+        [sys.executable, "-m", "parttok", "encode", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "usage: parttok encode" in finished.stdout and "--precision" in finished.stdout

@@ -513,7 +513,7 @@ def test_caption_labels_of_every_bandai_caption():
 def test_gpu_config_parses_and_builds(tiny_base, tmp_path):
     """configs/llm_gpu.yaml builds the same module and data as the CPU config (its base and
     accelerator swapped for what this machine has)."""
-    from parttok.cli.train import ParttokCLI
+    from parttok.cli.lightning_cli import ParttokCLI
     from parttok.llm.tune import ConversationDataModule, MotionLanguageModule
 
     cli = ParttokCLI(

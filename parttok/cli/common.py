@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
-
-from tqdm import tqdm
 
 from parttok.errors import InputError
 
@@ -49,6 +46,10 @@ def process_batch(
 
     ``worker`` must be picklable when ``jobs > 1``. Returns (done, failed) pairs.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
     items = list(items)
     done: list[tuple[Item, Result]] = []
     failed: list[tuple[Item, str]] = []
@@ -70,7 +71,7 @@ def _record(item, result, error, done, failed, bar) -> None:
         done.append((item, result))
     else:
         failed.append((item, error))
-        tqdm.write(f"skipped: {error}", file=sys.stderr)
+        bar.write(f"skipped: {error}", file=sys.stderr)
     bar.update(1)
 
 

@@ -6,11 +6,7 @@ import argparse
 
 from parttok.cli.common import exit_status
 from parttok.cli.encode import add_run_arguments, report_plan, run_options
-from parttok.inference import DECODE_FORMATS, decode_files, output_jobs
-from parttok.io import ensure_output_dir
-from parttok.sources import find_clips
-from parttok.tokenfile import TOKEN_SUFFIX
-from parttok.tokenizer import Tokenizer
+from parttok.constants import DECODE_FORMATS, TOKEN_SUFFIX
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from parttok.inference import decode_files, output_jobs
+    from parttok.io import ensure_output_dir
+    from parttok.sources import find_clips
+    from parttok.tokenizer import Tokenizer
+
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     suffix = ".bvh" if args.format == "bvh" else ".npy"
     clips = find_clips(args.sources, suffixes=(TOKEN_SUFFIX,))

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from parttok.bvh import read_bvh_header
 from parttok.cli.common import add_refine_argument, exit_status, whole_number
+from parttok.constants import PRECISIONS, TOKEN_SUFFIX
 from parttok.errors import InputError
-from parttok.inference import FileJob, RunOptions, encode_files, output_jobs
-from parttok.io import ensure_output_dir, read_npy_header
-from parttok.sources import find_clips
-from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, TOKEN_SUFFIX, save_projector
-from parttok.tokenizer import PRECISIONS, Tokenizer
+
+if TYPE_CHECKING:
+    from parttok.inference import FileJob, RunOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +56,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from parttok.inference import encode_files, output_jobs
+    from parttok.io import ensure_output_dir
+    from parttok.sources import find_clips
+    from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, save_projector
+    from parttok.tokenizer import Tokenizer
+
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     tokenizer.check_refine(args.refine)
     clips = find_clips(args.sources)
@@ -84,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
 def readable_sources(jobs: list[FileJob]) -> tuple[list[FileJob], list[tuple[FileJob, str]]]:
     """The jobs whose source has a sound ``.npy`` or BVH header, and the others with the
     reason: batching reads each clip's length from its header before anything is encoded."""
+    from parttok.bvh import read_bvh_header
+    from parttok.io import read_npy_header
+
     readable: list[FileJob] = []
     unreadable: list[tuple[FileJob, str]] = []
     for job in jobs:
@@ -99,6 +107,8 @@ def readable_sources(jobs: list[FileJob]) -> tuple[list[FileJob], list[tuple[Fil
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
+    from parttok.inference import RunOptions
+
     return RunOptions(
         batch_size=args.batch_size,
         workers=args.workers,

@@ -7,10 +7,6 @@ import json
 
 from parttok.cli.common import add_refine_argument, exit_status, process_batch, whole_number
 from parttok.cli.encode import add_precision_argument
-from parttok.evaluation import evaluate_clips, format_table, round_trip
-from parttok.io import write_text
-from parttok.sources import find_clips, load_clip_features
-from parttok.tokenizer import Tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from parttok.evaluation import evaluate_clips, format_table, round_trip
+    from parttok.io import write_text
+    from parttok.sources import find_clips, load_clip_features
+    from parttok.tokenizer import Tokenizer
+
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
     tokenizer.check_refine(args.refine)
     clips = find_clips(args.sources, split=None if args.split == "all" else args.split)

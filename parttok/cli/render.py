@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from parttok.cli.common import whole_number
+from parttok.constants import ANIMATION_SUFFIXES, FPS, TOKEN_SUFFIX
 from parttok.errors import InputError
-from parttok.features import FPS, features_to_joints
-from parttok.metrics import joint_errors
-from parttok.render import ANIMATION_SUFFIXES, render_animation
-from parttok.sources import load_clip_features
-from parttok.tokenfile import TOKEN_SUFFIX, load_tokens
-from parttok.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from parttok.tokenizer import Tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in ANIMATION_SUFFIXES:
         raise InputError(f"{out}: cannot write {out.suffix or 'no suffix'!r}; use .gif or .mp4")
+    from parttok.features import features_to_joints
+    from parttok.metrics import joint_errors
+    from parttok.render import render_animation
+    from parttok.sources import load_clip_features
+
     loader = _MotionLoader(args.checkpoint, args.rig)
     source = Path(args.source)
     if args.reconstruct:
@@ -78,11 +82,17 @@ class _MotionLoader:
         self._tokenizer: Tokenizer | None = None
 
     def tokenizer(self) -> Tokenizer:
+        from parttok.tokenizer import Tokenizer
+
         if self._tokenizer is None:
             self._tokenizer = Tokenizer.from_pretrained(self.checkpoint)
         return self._tokenizer
 
     def __call__(self, path: Path) -> np.ndarray:
+        from parttok.features import features_to_joints
+        from parttok.sources import load_clip_features
+        from parttok.tokenfile import load_tokens
+
         if path.suffix.lower() == TOKEN_SUFFIX:
             tokenizer = self.tokenizer()
             tokens = load_tokens(path, expect_identity=tokenizer.identity)
