@@ -151,6 +151,9 @@ def test_tune_exports_checkpoints_and_logs(tuned, tiny_base, conversations):
     base_size = len(AutoTokenizer.from_pretrained(tiny_base))
     assert meta["token_ids"] == list(range(base_size, base_size + len(vocab.tokens)))
 
+    adapter_config = json.loads((export / "adapter_config.json").read_text())
+    modules = adapter_config["target_modules"]
+    assert len(modules) >= 7 and modules == sorted(modules)  # the same bytes every time
     adapter = load_file(export / "adapter_model.safetensors")
     assert adapter and all(t.dtype == torch.float16 for t in adapter.values())
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]

@@ -27,6 +27,7 @@ FORMAT_NAME = "parttok-llm"
 FORMAT_VERSION = 1
 META_FILE = "parttok_llm.json"
 ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def default_llm_path() -> Path:
@@ -65,6 +66,7 @@ def export_tuned(
         # the new rows are in the trainable-token weights; the base's embeddings are not saved
         peft_model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
         (staging / "README.md").unlink(missing_ok=True)  # peft's empty card; parttok writes its own
+        sort_adapter_config(staging / ADAPTER_CONFIG_FILE)
         adapter = staging / ADAPTER_FILE
         tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(adapter).items()}
         save_file(tensors, adapter, metadata={"format": "pt"})
@@ -90,6 +92,15 @@ def export_tuned(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def sort_adapter_config(path: Path) -> None:
+    """Rewrite peft's ``adapter_config.json`` with sorted keys and target modules (peft
+    writes them in set order), so the same tuning gives the same bytes."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def read_meta(path: str | Path) -> dict:
