@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,18 @@ def tiny_base(tmp_path_factory, smollm2_tokenizer) -> Path:
     tiny_causal_lm(smollm2_tokenizer).save_pretrained(out)
     smollm2_tokenizer.save_pretrained(out)
     return out
+
+
+PROGRESS_BAR = re.compile(r"^\w+: +\d+%\|")
+
+
+def run_cli(capsys, *argv) -> tuple[int, list[str]]:
+    """Run ``parttok`` in-process: its exit status and stderr lines without progress bars;
+    a traceback on stderr fails the test."""
+    from parttok.cli import main
+
+    status = main([*map(str, argv)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
+    return status, [line for line in lines if not PROGRESS_BAR.match(line)]

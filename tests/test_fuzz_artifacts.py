@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import re
 import shutil
 import zlib
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
@@ -34,16 +34,6 @@ from parttok.tokenizer import CONFIG_FILE, PRETRAINED_DIR, WEIGHTS_FILE
 REPO = Path(__file__).resolve().parents[1]
 CLIP = "M010655"  # the shortest HumanML3D clip: 15 steps
 RANDOM_FLIPS = 24  # seeded random byte flips per checkpoint file
-PROGRESS_BAR = re.compile(r"^\w+: +\d+%\|")
-
-
-def cli(capsys, *argv) -> tuple[int, list[str]]:
-    """Run ``parttok`` in-process: exit status and stderr lines (progress bars left out)."""
-    status = main([*map(str, argv)])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    return status, [line for line in lines if not PROGRESS_BAR.match(line)]
 
 
 def one_line(error: pytest.ExceptionInfo, *fragments: str) -> str:
@@ -158,7 +148,7 @@ def test_a_bad_checkpoint_is_one_line_before_anything_is_built(
     one_line(caught, str(folder), fragment)
     out = tmp_path / "tokens"
     clip = humanml3d_dir / "new_joint_vecs" / f"{CLIP}.npy"
-    status, lines = cli(capsys, "encode", clip, "--out", out, "--checkpoint", folder, "-q")
+    status, lines = run_cli(capsys, "encode", clip, "--out", out, "--checkpoint", folder, "-q")
     assert status == 2 and len(lines) == 1 and fragment in lines[0], lines
     assert not out.exists()
 
@@ -379,7 +369,9 @@ def test_bad_token_files_are_one_line_through_the_api_and_compose(
             load_tokens(path)
         one_line(caught, str(path), TOKEN_CASES[name][1])
         out = tmp_path / f"{name}.ptok"
-        status, lines = cli(capsys, "compose", path, encoded, "--parts", "left_arm", "--out", out)
+        status, lines = run_cli(
+            capsys, "compose", path, encoded, "--parts", "left_arm", "--out", out
+        )
         assert status == 2 and len(lines) == 1 and TOKEN_CASES[name][1] in lines[0], lines
         assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -397,7 +389,7 @@ def test_decode_reports_each_bad_token_file_once_and_decodes_the_rest(
         "root", "torso", "left_arm", "rigit_arm", "left_leg", "right_leg"]))  # fmt: skip
     assert load_tokens(flipped).parts[3] == "rigit_arm"
     out = tmp_path / "decoded"
-    status, lines = cli(capsys, "decode", folder, "--out", out, "-q", "--workers", "0")
+    status, lines = run_cli(capsys, "decode", folder, "--out", out, "-q", "--workers", "0")
     assert status == 2
     for name, path in bad_tokens.items():
         named = [line for line in lines if f"{folder / path.name}:" in line]
@@ -497,7 +489,7 @@ def test_train_refuses_bad_inputs_in_one_line_before_anything_runs(
         root = tmp_path / run
         before = sorted(root.rglob("*"))
         argv = ["train", "--config", REPO / "configs" / "smoke.yaml", *extra]
-        status, lines = cli(capsys, *argv, "--trainer.default_root_dir", root)
+        status, lines = run_cli(capsys, *argv, "--trainer.default_root_dir", root)
         assert status == 2 and len(lines) == 1 and fragment in lines[0], lines
         assert lines[0].startswith("parttok train: error: ")
         assert sorted(root.rglob("*")) == before  # no run folder, no logs, no config

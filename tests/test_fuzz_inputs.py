@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_tokenizer
+from conftest import run_cli, small_tokenizer
 
 from parttok.bvh import MAX_JOINTS, read_bvh, read_bvh_header
 from parttok.cli import main
@@ -45,7 +45,6 @@ GOOD_BANDAI = (  # three of the shortest Bandai clips: quick to convert
 )
 FEATURES_CLIP = "M010655"  # the shortest HumanML3D clip
 RANDOM_CASES = 24  # seeded random mutations per reader (BVH, feature .npy, joint .npy)
-PROGRESS_BAR = re.compile(r"^\w+: +\d+%\|")
 
 
 # --- the corpus ----------------------------------------------------------------------------
@@ -300,15 +299,6 @@ def test_stale_temporaries_are_removed_fresh_ones_kept(tmp_path: Path) -> None:
 # --- the command line ----------------------------------------------------------------------
 
 
-def cli(capsys, *argv) -> tuple[int, list[str]]:
-    """Run ``parttok`` in-process: its exit status and stderr lines without progress bars."""
-    status = main([*map(str, argv)])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    return status, [line for line in lines if not PROGRESS_BAR.match(line)]
-
-
 def naming(lines: list[str], path: Path) -> list[str]:
     return [line for line in lines if f"{path}:" in line]
 
@@ -349,7 +339,7 @@ def test_convert_reports_each_bad_clip_once_and_converts_the_rest(
         (out / subfolder).mkdir(parents=True)
         for path in _left_by_a_kill(out / subfolder, b"\x93NUMPY\x01\x00", "old.npy"):
             os.utime(path, (two_hours_ago, two_hours_ago))
-    status, lines = cli(capsys, "convert", folder, "--out", out, "--jobs", jobs)
+    status, lines = run_cli(capsys, "convert", folder, "--out", out, "--jobs", jobs)
     assert status == 2
     converted = set((out / "all.txt").read_text().split())
     assert {path.stem for path in good_bvh} <= converted
@@ -373,7 +363,7 @@ def test_encode_reports_each_bad_clip_once_and_encodes_the_rest(
     cases = [Path(shutil.copy(path, source)) for path in cases]
     out = tmp_path / "tokens"
     argv = ["encode", source, "--out", out, "--checkpoint", checkpoint, "-q", "--workers", "0"]
-    status, lines = cli(capsys, *argv)
+    status, lines = run_cli(capsys, *argv)
     assert status == 2
     encoded = {Path(name).stem for name in files_under(out)}
     assert set(good) <= encoded
@@ -387,7 +377,7 @@ def test_decode_ignores_temporaries_among_token_files(
 ) -> None:
     tokens = tmp_path / "tokens"
     argv = ["--checkpoint", checkpoint, "-q", "--workers", "0"]
-    assert cli(capsys, "encode", humanml3d_dir, "--out", tokens, *argv)[0] == 0
+    assert run_cli(capsys, "encode", humanml3d_dir, "--out", tokens, *argv)[0] == 0
     token_file = tokens / f"{FEATURES_CLIP}.ptok"
     left = [
         tokens / f".{token_file.name}.a1b2c3d4.ptok",
@@ -396,7 +386,7 @@ def test_decode_ignores_temporaries_among_token_files(
     for path in left:
         path.write_bytes(token_file.read_bytes()[:100])
     out = tmp_path / "decoded"
-    status, lines = cli(capsys, "decode", tokens, "--out", out, *argv)
+    status, lines = run_cli(capsys, "decode", tokens, "--out", out, *argv)
     assert status == 0 and not lines
     assert files_under(out) == sorted(f"{path.stem}.npy" for path in tokens.glob("[!.]*.ptok"))
 
@@ -411,12 +401,12 @@ def test_evaluate_and_render_report_a_bad_clip_in_one_line(
     bad = [Path(shutil.copy(path, source)) for path in bad]
     report = tmp_path / "report.json"
     argv = ["evaluate", source, "--checkpoint", checkpoint, "--json", report]
-    status, lines = cli(capsys, *argv)
+    status, lines = run_cli(capsys, *argv)
     assert status == 2 and report.is_file()
     assert all(len(naming(lines, path)) == 1 for path in bad), lines
     for path in bad:
         animation = tmp_path / f"{path.stem}.gif"
-        status, lines = cli(capsys, "render", path, "--out", animation)
+        status, lines = run_cli(capsys, "render", path, "--out", animation)
         assert status == 2 and len(lines) == 1 and str(path) in lines[0], lines
         assert not animation.exists()
     assert not [name for name in files_under(tmp_path) if name.endswith((".gif", ".partial"))]
@@ -443,7 +433,7 @@ def test_an_output_folder_that_is_a_file_is_one_line(
         ),
     ]
     for argv, message in runs:
-        status, lines = cli(capsys, *argv)
+        status, lines = run_cli(capsys, *argv)
         assert status == 2 and len(lines) == 1 and message in lines[0], (argv, lines)
     assert files_under(tmp_path) == ["a-file"]
 
@@ -463,7 +453,7 @@ def test_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(
         ["convert", *good_bvh, "--out", tmp_path / "converted", "--jobs", "1"],
         ["encode", *good_bvh, "--out", tmp_path / "tokens", *encode],
     ):
-        status, lines = cli(capsys, *argv)
+        status, lines = run_cli(capsys, *argv)
         assert status == 2 and len(lines) == 1, lines
         assert os.strerror(code) in lines[0] and "cannot write" in lines[0]
         assert files_under(tmp_path) == [], files_under(tmp_path)
@@ -474,7 +464,7 @@ def test_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(tempfile, "mkstemp", failing_mkstemp)  # no file can be made at all
-    status, lines = cli(capsys, "convert", *good_bvh, "--out", tmp_path / "none", "--jobs", "1")
+    status, lines = run_cli(capsys, "convert", *good_bvh, "--out", tmp_path / "none", "--jobs", "1")
     assert status == 2 and lines == [
         f"parttok convert: error: cannot write {tmp_path / 'none'}: {os.strerror(code)}"
     ]

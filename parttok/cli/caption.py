@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from parttok.cli.common import whole_number
 from parttok.cli.generate import add_llm_arguments, checked_output
 from parttok.errors import InputError
 
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the captions as a JSON array")
     parser.add_argument("--rig", default="auto", help="BVH rig (default: auto)")
     parser.add_argument(
-        "--batch-size", type=int, default=8, metavar="N", help="clips per batch (default: 8)"
+        "--batch-size", type=whole_number(1), default=8, metavar="N", help="clips per batch"
     )
     add_llm_arguments(parser)
     parser.add_argument("-f", "--force", action="store_true", help="overwrite --json")
@@ -30,8 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from parttok.sources import find_clips, load_clip_features
 
     out = checked_output(args.json, args.force, (".json",)) if args.json else None
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
     clips = find_clips(args.sources)
     if not clips:
         raise InputError("no clips (.bvh or .npy) among the sources")

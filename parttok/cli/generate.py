@@ -26,15 +26,17 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_output_argument(parser: argparse.ArgumentParser, suffixes: tuple[str, ...]) -> None:
+    """--out FILE (or --output), its suffix one of ``suffixes``, and -f to overwrite it."""
+    parser.add_argument(
+        "--out", "--output", required=True, metavar="FILE", help="output: " + ", ".join(suffixes)
+    )
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", help="what the person does, e.g. 'a person waves the right hand'")
-    parser.add_argument(
-        "--out",
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="output file: " + ", ".join(OUTPUT_SUFFIXES),
-    )
+    add_output_argument(parser, OUTPUT_SUFFIXES)
     parser.add_argument(
         "--seconds", type=float, metavar="S", help="duration (default: the model's choice)"
     )
@@ -46,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sampling temperature; 0 decodes greedily (default: 1.0)",
     )
     add_llm_arguments(parser)
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite the output")
 
 
 def checked_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:

@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from parttok.cli.generate import add_llm_arguments, checked_output
+from parttok.cli.common import whole_number
+from parttok.cli.generate import add_llm_arguments, add_output_argument, checked_output
 from parttok.errors import InputError
 
 OUTPUT_SUFFIXES = (".npy", ".json", ".bvh")
@@ -21,18 +22,11 @@ OUTPUT_SUFFIXES = (".npy", ".json", ".bvh")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="KEYPOINTS", help="JSON files of keypoints")
+    add_output_argument(parser, OUTPUT_SUFFIXES)
     parser.add_argument(
-        "--out",
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="output file: " + ", ".join(OUTPUT_SUFFIXES),
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=8, metavar="N", help="poses per batch (default: 8)"
+        "--batch-size", type=whole_number(1), default=8, metavar="N", help="poses per batch"
     )
     add_llm_arguments(parser)
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite the output")
 
 
 def read_poses(path: Path) -> list:
@@ -55,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
     from parttok.cli.common import exit_status, process_batch
 
     out = checked_output(args.out, args.force, OUTPUT_SUFFIXES)
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
     done, failed = process_batch(
         [Path(s) for s in args.sources], read_poses, "read", show_progress=False
     )
