@@ -27,7 +27,8 @@ BVH_SUFFIXES = (".bvh",)
 TEMPORARY_SUFFIX = ".partial"
 STALE_TEMPORARY_SECONDS = 3600.0  # a temporary untouched this long was left by a killed run
 # the name atomic_path's mkstemp gives: .NAME. + 8 random characters + the suffix
-_TEMPORARY_NAME = re.compile(rf"\..+\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
+# .NAME.PID.XXXXXXXX.partial: the writer's process id tells a killed run's leftovers apart
+_TEMPORARY_NAME = re.compile(rf"\..+?(?:\.(\d+))?\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
 
 
 def output_error(path: str | os.PathLike, error: OSError) -> OutputError:
@@ -41,13 +42,13 @@ def output_error(path: str | os.PathLike, error: OSError) -> OutputError:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (``.NAME.XXXX.partial``); rename it onto
+    """Yield a temporary path beside ``path`` (``.NAME.PID.XXXX.partial``); rename it onto
     ``path`` only on success. A failed write raises OutputError and leaves nothing behind."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent
+            prefix=f".{target.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=target.parent
         )
     except OSError as error:
         raise output_error(target, error) from None
@@ -86,18 +87,31 @@ def ensure_output_dir(path: str | os.PathLike) -> Path:
 def remove_stale_temporaries(
     folder: str | os.PathLike, age: float = STALE_TEMPORARY_SECONDS
 ) -> list[Path]:
-    """Delete the ``atomic_path`` temporaries under ``folder`` not written to for ``age``
-    seconds (left by killed runs; a live writer's are younger); return them."""
+    """Delete the ``atomic_path`` temporaries under ``folder`` whose writer process is gone
+    (killed runs) or that were not written to for ``age`` seconds; return them."""
     before = time.time() - age
     removed = []
     for candidate in Path(folder).rglob(f".*{TEMPORARY_SUFFIX}"):
-        if not _TEMPORARY_NAME.fullmatch(candidate.name):
+        match = _TEMPORARY_NAME.fullmatch(candidate.name)
+        if match is None:
             continue
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
-            if candidate.is_file() and candidate.stat().st_mtime < before:
+            gone = match[1] is not None and not _process_alive(int(match[1]))
+            stale = gone or candidate.stat().st_mtime < before
+            if candidate.is_file() and stale:
                 candidate.unlink()
                 removed.append(candidate)
     return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or not a process id: left alone
+    return True
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

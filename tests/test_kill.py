@@ -99,3 +99,18 @@ def test_killed_encode_resumes_without_phantoms(bandai_dir, tmp_path):
     decoded = tmp_path / "decoded"
     assert main(["decode", str(out), "--out", str(decoded)]) == 0
     assert len(list(decoded.glob("*.npy"))) == len(written)  # no phantom clip among them
+
+
+def test_a_killed_writers_temporaries_go_a_live_ones_stay(tmp_path):
+    """Temporaries name their writer's process: a fresh one of a dead process is removed by
+    the next run, one of a live process (a parallel run) is kept."""
+    from parttok.io import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f".clip.npy.{dead.pid}.abcd1234.partial"
+    kept = tmp_path / f".clip.npy.{os.getpid()}.abcd1234.partial"
+    for path in (gone, kept):
+        path.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path) == [gone]
+    assert kept.exists() and not gone.exists()
