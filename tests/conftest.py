@@ -15,6 +15,7 @@ from parttok.model import PartTokenizer
 from parttok.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+TUNE_LR = 1e-4
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +144,76 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
     assert "Traceback" not in err, err
     lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
     return status, [line for line in lines if not PROGRESS_BAR.match(line)]
+
+
+def tune(root: Path, base: Path, data: Path, *extra: str) -> int:
+    """`parttok tune` with the CPU LLM config, shrunk to 3 steps of 2 conversations and a tiny
+    learning rate (the tuned rows stay near their initial values, yet every one moves); the
+    global seed it sets is not kept."""
+    args = [
+        "tune",
+        "--config",
+        str(REPO / "configs" / "llm_cpu.yaml"),
+        "--model.base",
+        str(base),
+        "--model.lr",
+        str(TUNE_LR),
+        "--model.warmup_steps",
+        "1",
+        "--data.train_path",
+        str(data),
+        "--data.val_path",
+        str(data),
+        "--data.batch_size",
+        "2",
+        "--data.val_per_task",
+        "2",
+        "--data.exclude_captions",
+        "[]",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(root),
+        *extra,
+    ]
+    from parttok.cli import main
+
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    try:
+        return main(args)
+    finally:
+        if seed is None:
+            os.environ.pop("PL_GLOBAL_SEED", None)
+        else:
+            os.environ["PL_GLOBAL_SEED"] = seed
+
+
+@pytest.fixture(scope="session")
+def bandai_folder(tmp_path_factory, bandai_dir) -> Path:
+    """Two Bandai Namco clips of each content (styles varied), converted to the HumanML3D
+    layout with their content x style captions."""
+    source = tmp_path_factory.mktemp("bandai_subset")
+    (source / "data").mkdir()
+    (source / "cfg").symlink_to(bandai_dir / "cfg")
+    files = sorted((bandai_dir / "data").glob("*.bvh"))
+    chosen: dict[str, list[Path]] = {}
+    for path in files:
+        content = path.stem.split("_")[1]
+        if len(chosen.setdefault(content, [])) < 2 and not any(
+            path.stem.split("_")[2] == p.stem.split("_")[2] for p in chosen[content]
+        ):
+            chosen[content].append(path)
+    for path in (p for paths in chosen.values() for p in paths):
+        (source / "data" / path.name).symlink_to(path)
+        (source / "data" / f"{path.stem}.json").symlink_to(path.with_suffix(".json"))
+    out = tmp_path_factory.mktemp("bandai_converted") / "bandai"
+    from parttok.cli import main
+
+    assert main(["convert", str(source / "data"), "--out", str(out)]) == 0
+    return out

@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import small_tokenizer
+from conftest import TUNE_LR as LR
+from conftest import small_tokenizer, tune
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "llm_cpu.yaml"
 TASKS = ("caption", "predict", "t2m")
 MOTION_TOKEN = "<motion>"
-LR = 1e-4  # small: the tuned rows stay near their initial values, yet every one moves
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -64,50 +63,6 @@ def conversations(tmp_path_factory, humanml3d_dir) -> Path:
     args = ["instruct", str(humanml3d_dir), "--tasks", ",".join(TASKS), "--out", str(out)]
     assert main(args) == 0
     return out
-
-
-def tune(root: Path, base: Path, data: Path, *extra: str) -> int:
-    """`parttok tune` with the CPU config, shrunk; the global seed it sets is not kept."""
-    args = [
-        "tune",
-        "--config",
-        str(CONFIG),
-        "--model.base",
-        str(base),
-        "--model.lr",
-        str(LR),
-        "--model.warmup_steps",
-        "1",
-        "--data.train_path",
-        str(data),
-        "--data.val_path",
-        str(data),
-        "--data.batch_size",
-        "2",
-        "--data.val_per_task",
-        "2",
-        "--data.exclude_captions",
-        "[]",
-        "--trainer.max_steps",
-        "3",
-        "--trainer.val_check_interval",
-        "3",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.default_root_dir",
-        str(root),
-        *extra,
-    ]
-    seed = os.environ.get("PL_GLOBAL_SEED")
-    try:
-        return main(args)
-    finally:
-        if seed is None:
-            os.environ.pop("PL_GLOBAL_SEED", None)
-        else:
-            os.environ["PL_GLOBAL_SEED"] = seed
 
 
 @pytest.fixture(scope="module")
@@ -542,29 +497,6 @@ def test_gpu_config_parses_and_builds(tiny_base, tmp_path):
     assert len(cli.datamodule.hparams.exclude_captions) == 10
     trainable = [n for n, p in cli.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
-
-
-@pytest.fixture(scope="module")
-def bandai_folder(tmp_path_factory, bandai_dir) -> Path:
-    """Two Bandai Namco clips of each content (styles varied), converted to the HumanML3D
-    layout with their content x style captions."""
-    source = tmp_path_factory.mktemp("bandai_subset")
-    (source / "data").mkdir()
-    (source / "cfg").symlink_to(bandai_dir / "cfg")
-    files = sorted((bandai_dir / "data").glob("*.bvh"))
-    chosen: dict[str, list[Path]] = {}
-    for path in files:
-        content = path.stem.split("_")[1]
-        if len(chosen.setdefault(content, [])) < 2 and not any(
-            path.stem.split("_")[2] == p.stem.split("_")[2] for p in chosen[content]
-        ):
-            chosen[content].append(path)
-    for path in (p for paths in chosen.values() for p in paths):
-        (source / "data" / path.name).symlink_to(path)
-        (source / "data" / f"{path.stem}.json").symlink_to(path.with_suffix(".json"))
-    out = tmp_path_factory.mktemp("bandai_converted") / "bandai"
-    assert main(["convert", str(source / "data"), "--out", str(out)]) == 0
-    return out
 
 
 def test_evaluate_llm_reports_every_task(llm, tuned, tiny_base, bandai_folder, tmp_path):

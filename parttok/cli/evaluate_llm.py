@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     seen = np.array([c.caption not in held_out for c in clips])
     report: dict = {
         "llm": args.llm or "shipped",
+        "adapter": llm.meta["adapter"],
         "split": args.split,
         "clips": len(clips),
         "unseen_clips": int((~seen).sum()),
@@ -91,21 +92,42 @@ def run(args: argparse.Namespace) -> int:
     }
     if {"t2m", "caption"} & tasks:
         judge = ev.train_judge(args.folders, args.judge_split, args.judge_steps)
+    gates: dict[str, list[float]] = {}
+
+    def gated(task: str, compute):
+        """``compute()``, recording a MoE-LoRA's mean gate weights over the task's prompts."""
+        if llm.router is None:
+            return compute()
+        llm.router.history = []
+        try:
+            return compute()
+        finally:
+            gates[task] = [round(float(w), 4) for w in torch.cat(llm.router.history).mean(0)]
+            llm.router.history = None
+
     if "t2m" in tasks:
-        report["t2m"], _ = ev.text_to_motion(llm, judge, clips, seen, seed=args.seed)
+        report["t2m"], _ = gated(
+            "t2m", lambda: ev.text_to_motion(llm, judge, clips, seen, seed=args.seed)
+        )
         print(_line("t2m", report["t2m"]["all"]["generated"]), file=sys.stderr)
     if "caption" in tasks:
-        report["caption"], report["caption_examples"] = ev.captioning(llm, clips, seen)
+        report["caption"], report["caption_examples"] = gated(
+            "caption", lambda: ev.captioning(llm, clips, seen)
+        )
         print(_line("caption", report["caption"]["all"]), file=sys.stderr)
     if "predict" in tasks:
-        report["predict"] = ev.prediction(llm, clips, seed=args.seed)
+        report["predict"] = gated("predict", lambda: ev.prediction(llm, clips, seed=args.seed))
         print(_line("predict", report["predict"]), file=sys.stderr)
     if "pose" in tasks and llm.pose_vocab is not None:
-        report["pose"] = ev.pose_estimation(llm, clips, seed=args.seed)
+        report["pose"] = gated("pose", lambda: ev.pose_estimation(llm, clips, seed=args.seed))
         print(_line("pose", report["pose"]), file=sys.stderr)
     if "language" in tasks:
-        report["language"] = _language(llm, ev)
+        report["language"] = gated("language", lambda: _language(llm, ev))
         print(_line("language", report["language"]), file=sys.stderr)
+    if gates:
+        report["gate"] = gates
+        for task, weights in gates.items():
+            print(f"gate on {task}: {', '.join(f'{w:.3f}' for w in weights)}", file=sys.stderr)
     report["seconds"] = round(time.monotonic() - started, 1)
     from parttok.io import write_text
 
@@ -132,7 +154,8 @@ def _language(llm, ev) -> dict:
     base_right = ev.general_answers(base_chat, questions)
     tuned_right = ev.general_answers(llm.chat, questions)
     known = [i for i, right in enumerate(base_right) if right]
-    kl = ev.next_token_kl(llm.model, base_model, llm.hf_tokenizer, [q for q, _ in questions])
+    prompts = [q for q, _ in questions]
+    kl = ev.next_token_kl(llm.model, base_model, llm.hf_tokenizer, prompts, llm.router)
     return {
         "questions": len(questions),
         "base_accuracy": sum(base_right) / len(questions),
@@ -205,6 +228,19 @@ def markdown(report: dict, machine: str) -> str:
             f"{row['pa_mpjpe_mm']:.1f} mm; the pose tokenizer's own reconstruction "
             f"{row['floor']['mpjpe_mm']:.1f} / {row['floor']['pa_mpjpe_mm']:.1f} mm "
             f"({row['clips']} clips).",
+            "",
+        ]
+    if "gate" in report:
+        zero = bool(report.get("adapter", {}).get("zero_expert"))
+        width = len(next(iter(report["gate"].values())))
+        names = [("zero" if zero and e == 0 else f"expert {e + (not zero)}") for e in range(width)]
+        lines += [
+            "| mean gate weight | " + " | ".join(names) + " |",
+            "|---|" + "---|" * width,
+            *(
+                f"| {task} | " + " | ".join(f"{w:.3f}" for w in weights) + " |"
+                for task, weights in report["gate"].items()
+            ),
             "",
         ]
     if "language" in report:

@@ -114,3 +114,12 @@ def _dequantised(folder: Path, gguf: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def embedding_module_name(model) -> str:
+    """The module name (last component) of ``model``'s input embedding."""
+    embedding = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is embedding:
+            return name.rsplit(".", 1)[-1]
+    raise InputError("the base model has no input embedding module")

@@ -26,6 +26,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     task: str
+    user: str = ""
 
 
 def prompt_text(hf_tokenizer, user: str) -> str:
@@ -66,7 +67,7 @@ def encode_conversation(
     ]
     if len(prompt) + len(answer) > max_length:
         return None
-    return Example(prompt + answer, [IGNORE] * len(prompt) + answer, task)
+    return Example(prompt + answer, [IGNORE] * len(prompt) + answer, task, user)
 
 
 def read_conversations(path: str | Path) -> Iterator[dict]:

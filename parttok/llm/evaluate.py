@@ -249,17 +249,20 @@ def general_answers(chat, questions) -> list[bool]:
 
 
 @torch.no_grad()
-def next_token_kl(model, base_model, hf_tokenizer, prompts: list[str]) -> float:
+def next_token_kl(model, base_model, hf_tokenizer, prompts: list[str], router=None) -> float:
     """Mean KL(base || tuned) of the next-token distribution after each chat prompt, over
-    the base's vocabulary (the tuned model's motion tokens count as mass it moved away)."""
+    the base's vocabulary (the tuned model's motion tokens count as mass it moved away);
+    a MoE-LoRA's ``router`` weights the tuned model's experts."""
     from parttok.llm.chat import prompt_text
 
+    if router is not None:
+        router(prompts)
     hf_tokenizer.padding_side = "left"
     texts = [prompt_text(hf_tokenizer, p) for p in prompts]
     batch = hf_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     base_logits = base_model(**batch).logits[:, -1].float()  # (B, V)
-    tuned_logits = model(**batch).logits[:, -1, : base_logits.shape[1]].float()
-    tuned_all = model(**batch).logits[:, -1].float()
+    tuned_all = model(**batch).logits[:, -1].float()  # (B, V + motion tokens)
+    tuned_logits = tuned_all[:, : base_logits.shape[1]]
     log_p = torch.log_softmax(base_logits, -1)
     log_q = tuned_logits - torch.logsumexp(tuned_all, -1, keepdim=True)
     return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())

@@ -74,10 +74,19 @@ class MotionGrammar:
 
 
 def answers(
-    model, hf_tokenizer, prompts: list[str], max_new_tokens: int, processor=None, sample=False, **kw
+    model,
+    hf_tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    processor=None,
+    sample=False,
+    router=None,
+    **kw,
 ) -> list[str]:
     """Answers (texts) of ``model`` to chat prompts, batched with left padding; a logits
-    ``processor`` constrains them."""
+    ``processor`` constrains them; a MoE-LoRA's ``router`` weights its experts first."""
+    if router is not None:
+        router(prompts)
     texts = [prompt_text(hf_tokenizer, p) for p in prompts]
     hf_tokenizer.padding_side = "left"
     batch = hf_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -115,8 +124,9 @@ class MotionLLM:
         tokenizer,
         meta: dict,
         pose_tokenizer=None,
+        router=None,
     ):
-        self.model, self.hf_tokenizer = model, hf_tokenizer
+        self.model, self.hf_tokenizer, self.router = model, hf_tokenizer, router
         self.vocab = vocabularies[0] if vocabularies else None
         self.pose_vocab = vocabularies[1] if len(vocabularies) > 1 else None
         self.vocabularies = vocabularies
@@ -133,7 +143,7 @@ class MotionLLM:
         tokenizer (the recorded one, or ``checkpoint``)."""
         from parttok.tokenizer import Tokenizer
 
-        model, hf_tokenizer, meta, vocabularies = load_tuned(path, base)
+        model, hf_tokenizer, meta, vocabularies, router = load_tuned(path, base)
         source = checkpoint or meta["tokenizers"][0]
         tokenizers = [Tokenizer.from_pretrained(source)]
         if len(vocabularies) > 1 and meta["tokenizers"][1:]:
@@ -144,7 +154,8 @@ class MotionLLM:
                     f"the language model's tokens belong to tokenizer {vocab.identity}, "
                     f"not {tokenizer.identity} (pass the right one with --checkpoint)"
                 )
-        return cls(model, hf_tokenizer, vocabularies, *tokenizers[:1], meta, *tokenizers[1:])
+        pose = tokenizers[1] if len(tokenizers) > 1 else None
+        return cls(model, hf_tokenizer, vocabularies, tokenizers[0], meta, pose, router)
 
     # --- prompts -------------------------------------------------------------------------
     def _prompt(self, group: str, with_seconds: bool, **values: str) -> str:
@@ -166,7 +177,14 @@ class MotionLLM:
     # --- generation ----------------------------------------------------------------------
     def _run(self, prompts: list[str], max_new_tokens: int, processor=None, sample=False, **kw):
         return answers(
-            self.model, self.hf_tokenizer, prompts, max_new_tokens, processor, sample, **kw
+            self.model,
+            self.hf_tokenizer,
+            prompts,
+            max_new_tokens,
+            processor,
+            sample,
+            self.router,
+            **kw,
         )
 
     def generate(

@@ -3,11 +3,15 @@ that says which base, vocabularies and motion tokenizers it belongs to.
 
 Folder layout (``export_tuned`` writes it atomically, ``load_tuned`` reads it):
 
-- ``adapter_model.safetensors``, ``adapter_config.json``: peft's LoRA adapter with the
-  trained rows of the new tokens, stored in float16;
+- ``adapter_model.safetensors``, ``adapter_config.json``: peft's adapter (LoRA, or for
+  MoE-LoRA only the trainable tokens) with the trained rows of the new tokens, in float16;
+- ``moe_lora.safetensors`` (MoE-LoRA only): the experts of every adapted layer and the gate,
+  in float16;
 - ``parttok_llm.json``: ``format``, ``version``, ``base``, ``vocabularies`` (one per motion
   tokenizer), ``token_ids`` (the new tokens' ids, checked on load), ``tokenizers`` (their
-  paths, None for the shipped model) and ``training``.
+  paths, None for the shipped model), ``training`` and ``adapter`` (``{"type": "lora"}``
+  when absent; for ``moe-lora`` its experts, rank, alpha, zero expert, gate embedding and
+  target modules).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ FORMAT_VERSION = 1
 META_FILE = "parttok_llm.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+MOE_FILE = "moe_lora.safetensors"
 
 
 def default_llm_path() -> Path:
@@ -54,8 +59,11 @@ def export_tuned(
     token_ids: list[int],
     tokenizers: tuple[str | None, ...],
     training: dict,
+    adapter: dict | None = None,
+    moe_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the adapter and its description to ``target`` (replacing it atomically)."""
+    """Write the adapter and its description to ``target`` (replacing it atomically);
+    ``adapter`` and ``moe_tensors`` describe and hold a MoE-LoRA's experts and gate."""
     from safetensors.torch import load_file, save_file
 
     target = Path(target)
@@ -67,10 +75,14 @@ def export_tuned(
         peft_model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
         (staging / "README.md").unlink(missing_ok=True)  # peft's empty card; parttok writes its own
         sort_adapter_config(staging / ADAPTER_CONFIG_FILE)
-        adapter = staging / ADAPTER_FILE
-        tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(adapter).items()}
-        save_file(tensors, adapter, metadata={"format": "pt"})
-        adapter.chmod(0o644)
+        adapter_file = staging / ADAPTER_FILE
+        tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(adapter_file).items()}
+        save_file(tensors, adapter_file, metadata={"format": "pt"})
+        adapter_file.chmod(0o644)
+        if moe_tensors:
+            half = {k: v.to(torch.float16).contiguous() for k, v in moe_tensors.items()}
+            save_file(half, staging / MOE_FILE, metadata={"format": "pt"})
+            (staging / MOE_FILE).chmod(0o644)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -79,6 +91,7 @@ def export_tuned(
             "token_ids": [int(i) for i in token_ids],
             "tokenizers": [None if t is None else str(t) for t in tokenizers],
             "training": training,
+            "adapter": adapter or {"type": "lora"},
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         if target.exists():
@@ -123,14 +136,22 @@ def read_meta(path: str | Path) -> dict:
         raise InputError(f"{meta_path}: no token ids")
     if not (path / ADAPTER_FILE).is_file():
         raise InputError(f"{path}: no {ADAPTER_FILE}")
+    from parttok.llm.moe import check_spec
+
+    meta["adapter"] = check_spec(meta.get("adapter", {"type": "lora"}), str(meta_path))
+    if meta["adapter"]["type"] == "moe-lora" and not (path / MOE_FILE).is_file():
+        raise InputError(f"{path}: no {MOE_FILE}")
     return meta
 
 
 def load_tuned(path: str | Path | None = None, base: str | None = None):
-    """(model, hf_tokenizer, meta, vocabularies) of a tuned model folder (None: shipped),
-    on its recorded base or ``base``; the adapter is merged into the weights for speed."""
+    """(model, hf_tokenizer, meta, vocabularies, router) of a tuned model folder (None:
+    shipped), on its recorded base or ``base``; the adapter is merged into the weights for
+    speed. ``router`` (None but for MoE-LoRA) weights the experts for the prompts at hand:
+    call it with the user turns before running the model."""
     from peft import PeftModel
 
+    from parttok.llm import moe
     from parttok.llm.base import load_base
 
     path = Path(path) if path is not None else default_llm_path()
@@ -144,10 +165,15 @@ def load_tuned(path: str | Path | None = None, base: str | None = None):
         ids += add_motion_tokens(model, hf_tokenizer, vocab, init="mean")
     if sorted(set(ids)) != meta["token_ids"]:
         raise InputError(f"{path}: the base's tokenizer gives the motion tokens other ids")
+    spec = meta["adapter"]
+    holder = moe.inject_from_spec(model, spec) if spec["type"] == "moe-lora" else None
     try:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
         raise InputError(f"{path}: cannot load the adapter ({message})") from None
+    router = None
+    if holder is not None:
+        router = moe.load_router(path / MOE_FILE, model, hf_tokenizer, spec, holder)
     model.eval()
-    return model, hf_tokenizer, meta, vocabularies
+    return model, hf_tokenizer, meta, vocabularies, router

@@ -28,10 +28,24 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
 from parttok.errors import InputError
-from parttok.llm.base import base_name, load_base, require_transformers
+from parttok.llm.base import base_name, embedding_module_name, load_base, require_transformers
 from parttok.llm.chat import IGNORE, Example, encode_conversation, read_conversations
+from parttok.llm.moe import (
+    PromptGate,
+    PromptRouter,
+    moe_spec,
+    moe_tensors,
+    with_moe_lora,
+    zero_expert_loss,
+)
+from parttok.llm.prompt_embedding import PromptEmbedder
 from parttok.llm.store import export_tuned, motion_vocabularies
 from parttok.tokens import add_motion_tokens
+
+ADAPTERS = ("lora", "moe-lora")
+GENERAL_TASK = (
+    "general"  # conversations without motion; MoE-LoRA's gate sends them to the zero expert
+)
 
 
 class MotionLanguageModule(pl.LightningModule):
@@ -45,6 +59,13 @@ class MotionLanguageModule(pl.LightningModule):
         lora_rank, lora_alpha, lora_dropout: LoRA's rank, scale and dropout.
         target_modules: LoRA's target layers (``all-linear`` or a list of module names).
         embedding_init: new token rows from the ``codebook`` projection or the ``mean`` row.
+        adapter: ``lora`` (peft's LoRA) or ``moe-lora`` (``parttok.llm.moe``: LoRA experts
+            of rank ``lora_rank`` and a zero expert, gated per prompt).
+        experts: trainable experts of ``moe-lora``.
+        zero_expert: give ``moe-lora`` the zero expert.
+        gate_embedding: what the gate reads: ``minilm`` (a sentence encoder) or ``base`` (the
+            LLM's mean input embedding of the instruction).
+        gate_loss_weight: weight of the loss that sends ``general`` prompts to the zero expert.
         lr, weight_decay, warmup_steps: AdamW with a linear warm-up, then cosine to lr / 10.
         export_dir: where the tuned model goes when training ends (default: run root / llm).
     """
@@ -60,6 +81,11 @@ class MotionLanguageModule(pl.LightningModule):
         lora_dropout: float = 0.05,
         target_modules: str | list[str] = "all-linear",
         embedding_init: str = "codebook",
+        adapter: str = "lora",
+        experts: int = 4,
+        zero_expert: bool = True,
+        gate_embedding: str = "minilm",
+        gate_loss_weight: float = 1.0,
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 50,
@@ -80,29 +106,75 @@ class MotionLanguageModule(pl.LightningModule):
                 model, self.hf_tokenizer, vocab, motion_tokenizer, init=embedding_init
             )
         self.new_token_ids = sorted(set(new_ids))
-        config = LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=target_modules,
-            trainable_token_indices={_embedding_name(model): self.new_token_ids},
-            task_type="CAUSAL_LM",
-        )
-        self.llm = get_peft_model(model, config)
+        if adapter not in ADAPTERS:
+            raise InputError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+        self.router: PromptRouter | None = None
+        if adapter == "lora":
+            config = LoraConfig(
+                r=lora_rank,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                target_modules=target_modules,
+                trainable_token_indices={embedding_module_name(model): self.new_token_ids},
+                task_type="CAUSAL_LM",
+            )
+            self.llm = get_peft_model(model, config)
+        else:
+            self.llm = with_moe_lora(
+                model,
+                self.new_token_ids,
+                target_modules,
+                experts,
+                lora_rank,
+                lora_alpha,
+                lora_dropout,
+                zero_expert,
+            )
+            embedder = PromptEmbedder(gate_embedding, model, self.hf_tokenizer)
+            gate = PromptGate(embedder.dim, experts + zero_expert)
+            self.router = PromptRouter(embedder, gate, self.llm.moe_gate)
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.train_started: float | None = None
+        self.train()  # the base loads in eval mode; training wants LoRA's dropout
 
-    def forward(self, input_ids, attention_mask, labels=None):
-        return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    def forward(self, batch: dict):
+        """The LM's output on a collated batch (and, for MoE-LoRA, the gate weights (B, E))."""
+        weights = None
+        if self.router is not None:
+            weights = self.router(batch["prompts"])  # (B, E)
+        out = self.llm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+        return out, weights
+
+    def _losses(self, batch: dict, stage: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(language-model loss, loss to minimise): the second adds the gate loss of
+        MoE-LoRA with a zero expert. Logs the mean gate weight of each expert."""
+        out, weights = self(batch)
+        size = len(batch["input_ids"])
+        if weights is None:
+            return out.loss, out.loss
+        for column, mean in enumerate(weights.mean(0)):
+            self.log(
+                f"{stage}/gate{column}/{name}", mean, batch_size=size, add_dataloader_idx=False
+            )
+        if not self.hparams.zero_expert:
+            return out.loss, out.loss
+        general = torch.tensor([t == GENERAL_TASK for t in batch["tasks"]], device=weights.device)
+        gate_loss = zero_expert_loss(weights, general)
+        self.log(f"{stage}/gate_loss/{name}", gate_loss, batch_size=size, add_dataloader_idx=False)
+        return out.loss, out.loss + self.hparams.gate_loss_weight * gate_loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        _, loss = self._losses(batch, "train", "all")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         task = self.trainer.datamodule.val_tasks[dataloader_idx]
+        loss, _ = self._losses(batch, "val", task)
         size = len(batch["input_ids"])
         self.log(f"val/{task}", loss, batch_size=size, add_dataloader_idx=False)
         self._val_losses.append((float(loss) * size, size))
@@ -161,17 +233,20 @@ class MotionLanguageModule(pl.LightningModule):
             token_ids=self.new_token_ids,
             tokenizers=(self.hparams.tokenizer, self.hparams.pose_tokenizer),
             training=training,
+            **self.adapter_export(),
         )
         rank_zero_info(f"tuned model: {target}")
 
-
-def _embedding_name(model) -> str:
-    """The module name (last component) of ``model``'s input embedding."""
-    embedding = model.get_input_embeddings()
-    for name, module in model.named_modules():
-        if module is embedding:
-            return name.rsplit(".", 1)[-1]
-    raise InputError("the base model has no input embedding module")
+    def adapter_export(self) -> dict:
+        """``export_tuned``'s ``adapter`` and ``moe_tensors`` for this module's adapter."""
+        if self.router is None:
+            return {"adapter": {"type": "lora"}}
+        hp = self.hparams
+        spec = moe_spec(
+            hp.experts, hp.lora_rank, hp.lora_alpha, hp.zero_expert, hp.gate_embedding,
+            hp.target_modules,
+        )  # fmt: skip
+        return {"adapter": spec, "moe_tensors": moe_tensors(self.llm.get_base_model(), self.router)}
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
@@ -202,8 +277,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return iter(batches)
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (B, L)."""
+def collate(examples: list[Example], pad_id: int) -> dict:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (B, L), with each
+    conversation's ``tasks`` and user turn (``prompts``)."""
     length = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
@@ -213,15 +289,21 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "tasks": [e.task for e in examples],
+        "prompts": [e.user for e in examples],
+    }
 
 
 class ConversationDataModule(pl.LightningDataModule):
     """Conversations from ``parttok instruct`` files, tokenised by the module's base.
 
     Args:
-        train_path: the training conversations (``.jsonl`` or ``.json``).
-        val_path: validation conversations (None: no validation).
+        train_path: the training conversations (``.jsonl`` or ``.json``; or a list of files).
+        val_path: validation conversations (a file or a list; None: no validation).
         tasks: keep only these tasks (None: all).
         exclude_captions: captions held out of tuning: every conversation about a clip
             with one of them is left out of ``train_path`` (new combinations to test on).
@@ -233,8 +315,8 @@ class ConversationDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train_path: str,
-        val_path: str | None = None,
+        train_path: str | list[str],
+        val_path: str | list[str] | None = None,
         tasks: list[str] | None = None,
         exclude_captions: list[str] | None = None,
         max_length: int = 384,
@@ -253,14 +335,16 @@ class ConversationDataModule(pl.LightningDataModule):
         self.pad_id = hf_tokenizer.pad_token_id
         hp = self.hparams
         held_out = set(hp.exclude_captions or ())
-        records = _usable(read_conversations(hp.train_path), hp.tasks, held_out)
-        self.train_examples = self._encode(hf_tokenizer, records, hp.train_path)
+        train_paths = _paths(hp.train_path)
+        records = _usable(_conversations(train_paths), hp.tasks, held_out)
+        self.train_examples = self._encode(hf_tokenizer, records, ", ".join(train_paths))
         if not self.train_examples:
-            raise InputError(f"{hp.train_path}: no conversations to train on")
+            raise InputError(f"{', '.join(train_paths)}: no conversations to train on")
         if hp.val_path:
-            val_records = _usable(read_conversations(hp.val_path), hp.tasks, set())
+            val_paths = _paths(hp.val_path)
+            val_records = _usable(_conversations(val_paths), hp.tasks, set())
             by_task: dict[str, list[Example]] = {}
-            for example in self._encode(hf_tokenizer, val_records, hp.val_path):
+            for example in self._encode(hf_tokenizer, val_records, ", ".join(val_paths)):
                 by_task.setdefault(example.task, []).append(example)
             self.val_tasks = sorted(by_task)
             self.val_examples = {t: _evenly(by_task[t], hp.val_per_task) for t in self.val_tasks}
@@ -297,6 +381,14 @@ class ConversationDataModule(pl.LightningDataModule):
             )
             for task in self.val_tasks
         ]
+
+
+def _paths(paths: str | list[str]) -> list[str]:
+    return [paths] if isinstance(paths, str) else [str(p) for p in paths]
+
+
+def _conversations(paths: list[str]) -> list[dict]:
+    return [record for path in paths for record in read_conversations(path)]
 
 
 def _usable(records, tasks: list[str] | None, held_out: set[str]) -> list[dict]:
@@ -347,4 +439,5 @@ def export_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
         token_ids=module.new_token_ids,
         tokenizers=(options.get("tokenizer"), options.get("pose_tokenizer")),
         training={"global_step": step},
+        **module.adapter_export(),
     )
