@@ -543,6 +543,15 @@ class StepEncoder(nn.Module):
         return self._encode_latents(features, mask, step_mask), step_mask
 
     @torch.no_grad()
+    def latents(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T, 263) -> the encoder's continuous features (B, S, G, d) before any quantizer,
+        zero at padded steps: what a language model reads through a projector instead of
+        codes."""
+        with evaluating(self):
+            latents, step_mask = self._step_latents(features, mask)
+            return latents.masked_fill(~step_mask[..., None, None], 0.0)
+
+    @torch.no_grad()
     def candidate_codes(self, features: Tensor, mask: Tensor | None, count: int) -> Tensor:
         """(B, T, 263) -> the ``count`` nearest codes of each code column (a part, the body, a
         residual layer) at each step, nearest first (the first are ``encode``'s): (B, S, P,

@@ -289,6 +289,21 @@ class Tokenizer:
                 results[i] = codes[row, : len(prepared[i]) // self.frames_per_step]
         return results
 
+    @torch.inference_mode()
+    def latents_batch(self, clips: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+        """Clips (T, 263) -> the encoder's continuous features (S, P, d) float32, before the
+        quantizer (``encode_batch``'s codes are their nearest code vectors)."""
+        prepared = self._normalised(clips)
+        results: list[np.ndarray] = [np.empty(0)] * len(prepared)
+        for batch in length_batches([len(c) for c in prepared], batch_size, BATCH_FRAMES):
+            features, mask = self._padded(prepared, batch)
+            with self._autocast():
+                latents = self.model.latents(features, mask)  # (B, S, P, d)
+            latents = latents.float().cpu().numpy()
+            for row, i in enumerate(batch):
+                results[i] = latents[row, : len(prepared[i]) // self.frames_per_step]
+        return results
+
     @property
     def refinable(self) -> bool:
         """Whether ``encode_batch`` can refine codes: a model with codebooks (VQ, not FSQ or

@@ -185,7 +185,8 @@ def test_tuned_moe_lora_exports_and_loads_with_identical_outputs(
         training={},
         **module.adapter_export(),
     )
-    model, _, meta, _, router = load_tuned(tmp_path / "moe")
+    tuned = load_tuned(tmp_path / "moe")
+    model, meta, router = tuned.model, tuned.meta, tuned.router
     assert meta["adapter"]["type"] == "moe-lora" and meta["adapter"]["zero_expert"]
     with torch.no_grad():
         loaded_weights = router(batch["prompts"])

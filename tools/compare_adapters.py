@@ -9,8 +9,8 @@ and general ones answered by the base), steps and evaluator.
 Each adapter is tuned with ``parttok tune`` (configs/llm_cpu.yaml + configs/llm_moe.yaml) and
 measured with ``parttok evaluate-llm --tasks caption,language``; a finished step is not run
 again. Writes ``OUT/adapters.json``, ``OUT/adapters.md`` and ``OUT/gate.png`` (the gate's
-mean weight per task, HMVLM's Table 3); the markdown replaces its section of ``--benchmarks``
-only when asked.
+mean weight per task, HMVLM's Table 3); only ``--benchmarks FILE`` replaces its section there
+(and the figure beside it, notebooks/figures/gate.png).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from parttok.cli import main as parttok_main
+from llm_runs import evaluate_run, tune_run
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Adapters: language kept against motion learned"
+FIGURE = "notebooks/figures/gate.png"  # written with --benchmarks
 VARIANTS = {
     "LoRA (r 16)": [
         "--model.adapter",
@@ -37,35 +37,6 @@ VARIANTS = {
     "MoE-LoRA, no zero expert": ["--model.zero_expert", "false"],
     "MoE-LoRA + zero expert": [],
 }
-
-
-def tune(name: str, run: Path, steps: int, extra: list[str]) -> dict:
-    """Tune one variant into ``run`` (skipped when its model exists); its time and size."""
-    model = run / "llm"
-    if not (model / "parttok_llm.json").is_file():
-        arguments = ["tune", "--config", str(REPO / "configs" / "llm_cpu.yaml")]
-        arguments += ["--config", str(REPO / "configs" / "llm_moe.yaml"), *extra]
-        arguments += ["--trainer.max_steps", str(steps), "--trainer.max_time", "00:12:00:00"]
-        arguments += ["--trainer.val_check_interval", str(steps)]
-        arguments += ["--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar"]
-        arguments += ["false"]
-        if parttok_main(arguments) != 0:
-            raise SystemExit(f"{name}: tuning failed")
-    meta = json.loads((model / "parttok_llm.json").read_text())
-    size = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-    return {"seconds": meta["training"].get("seconds"), "bytes": size, "adapter": meta["adapter"]}
-
-
-def evaluate(name: str, run: Path, limit: int) -> dict:
-    """``parttok evaluate-llm`` captioning and language kept (skipped when done)."""
-    out = run / "eval.json"
-    if not out.is_file():
-        arguments = ["evaluate-llm", str(REPO / "data" / "bandai"), "--llm", str(run / "llm")]
-        arguments += ["--tasks", "caption,language", "--limit", str(limit), "--json", str(out)]
-        arguments += ["--exclude-from", str(REPO / "configs" / "llm_cpu.yaml")]
-        if parttok_main(arguments) != 0:
-            raise SystemExit(f"{name}: evaluation failed")
-    return json.loads(out.read_text())
 
 
 def markdown(rows: dict, steps: int, limit: int, machine: str, date: str) -> str:
@@ -95,7 +66,7 @@ def markdown(rows: dict, steps: int, limit: int, machine: str, date: str) -> str
             f"{_pct(language['tuned_accuracy'])} ({_pct(language['base_accuracy'])}) | "
             f"{language['kl_from_base']:.3f} | {weights} |"
         )
-    return "\n".join(lines) + "\n\n![gate weights per task](docs/gate.png)\n"
+    return "\n".join(lines) + f"\n\n![mean gate weight per task]({FIGURE})\n"
 
 
 def plot(rows: dict, path: Path) -> None:
@@ -133,7 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=80, help="tuning steps per adapter")
     parser.add_argument("--limit", type=int, default=50, help="held-out clips captioned")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "adapters")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "adapters")
     parser.add_argument("--benchmarks", type=Path, help="replace the section in this file")
     args = parser.parse_args()
     from parttok.io import machine_description, replace_markdown_section, write_text
@@ -141,8 +112,9 @@ def main() -> int:
     started, rows = time.monotonic(), {}
     for index, (name, extra) in enumerate(VARIANTS.items()):
         run = args.out / f"adapter{index}"
-        rows[name] = {"tune": tune(name, run, args.steps, extra)}
-        rows[name]["eval"] = evaluate(name, run, args.limit)
+        configs = ["llm_cpu.yaml", "llm_moe.yaml"]
+        rows[name] = {"tune": tune_run(run, configs, extra, args.steps)}
+        rows[name]["eval"] = evaluate_run(run, "caption,language", args.limit)
     date = time.strftime("%Y-%m-%d")
     text = markdown(rows, args.steps, args.limit, machine_description(), date)
     write_text(args.out / "adapters.json", json.dumps(rows, indent=1, sort_keys=True) + "\n")
@@ -150,6 +122,7 @@ def main() -> int:
     plot(rows, args.out / "gate.png")
     if args.benchmarks:
         replace_markdown_section(args.benchmarks, text)
+        plot(rows, args.benchmarks.parent / FIGURE)
     print(text)
     print(f"{time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         features = load_clip_features(clip.path, args.rig)
         if len(features) < minimum:
             raise InputError(f"{clip.path}: {len(features)} frames, fewer than {minimum}")
-        return llm.tokenizer.encode(features)
+        return llm.read_batch([features])[0]
 
     done, failed = process_batch(clips, encode, "encode", show_progress=False)
     if not done:
@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for start in range(0, len(done), args.batch_size):
         chunk = done[start : start + args.batch_size]
-        captions = llm.caption([codes for _, codes in chunk])
-        for (clip, codes), caption in zip(chunk, captions, strict=True):
-            rows.append({"clip": str(clip.path), "caption": caption, "steps": len(codes)})
+        captions = llm.caption([motion for _, motion in chunk])
+        for (clip, motion), caption in zip(chunk, captions, strict=True):
+            rows.append({"clip": str(clip.path), "caption": caption, "steps": len(motion)})
             print(f"{clip.path}: {caption}")
     if out is not None:
         from parttok.io import write_text

@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     started = time.monotonic()
     llm = MotionLLM.from_pretrained(args.llm, base=args.base, checkpoint=args.checkpoint)
+    if llm.projector is not None and tasks & {"t2m", "predict", "pose"}:
+        print("a features model reads motion but cannot write it: t2m, predict and pose are "
+              "left out", file=sys.stderr)  # fmt: skip
+        tasks -= {"t2m", "predict", "pose"}
     clips = ev.labelled_clips(args.folders, args.split, args.limit)
     if not clips:
         raise InputError(f"no labelled clips in the {args.split!r} split of {args.folders}")

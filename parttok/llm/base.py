@@ -123,3 +123,14 @@ def embedding_module_name(model) -> str:
         if module is embedding:
             return name.rsplit(".", 1)[-1]
     raise InputError("the base model has no input embedding module")
+
+
+def with_trainable_tokens(model, token_ids: list[int]):
+    """``model`` as a peft model in which only the embedding rows of ``token_ids`` train
+    (peft's trainable tokens; tied output rows follow)."""
+    from peft import TrainableTokensConfig, get_peft_model
+
+    config = TrainableTokensConfig(
+        target_modules=[embedding_module_name(model)], token_indices=token_ids
+    )
+    return get_peft_model(model, config)

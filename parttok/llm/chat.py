@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from parttok.errors import InputError
 
@@ -27,6 +28,7 @@ class Example:
     labels: list[int]
     task: str
     user: str = ""
+    features: Any = None  # a features model's rows (n, in) for the prompt's placeholders
 
 
 def prompt_text(hf_tokenizer, user: str) -> str:

@@ -125,10 +125,10 @@ def captioning(llm, clips: list[LabelledClip], seen, batch_size=16):
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import BLEU
 
-    codes = llm.tokenizer.encode_batch([c.features for c in clips])
+    motions = llm.read_batch([c.features for c in clips])
     captions = []
-    for start in range(0, len(codes), batch_size):
-        captions += llm.caption(codes[start : start + batch_size])
+    for start in range(0, len(motions), batch_size):
+        captions += llm.caption(motions[start : start + batch_size])
     named = [caption_labels(text) for text in captions]
     content = np.array([-1 if n[0] is None else n[0] for n in named])
     style = np.array([-1 if n[1] is None else n[1] for n in named])

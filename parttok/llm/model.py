@@ -20,6 +20,7 @@ import torch
 from parttok.errors import InputError, TokenParseError
 from parttok.instruct import load_templates
 from parttok.llm.chat import prompt_text
+from parttok.llm.features import FEATURE_TOKEN
 from parttok.llm.store import load_tuned
 from parttok.tokens import Vocabulary, codes_to_text, text_to_codes
 
@@ -127,6 +128,8 @@ class MotionLLM:
         router=None,
     ):
         self.model, self.hf_tokenizer, self.router = model, hf_tokenizer, router
+        self.projector: torch.nn.Module | None = None  # a features model's (reads, not writes)
+        self.feature_token_id: int | None = None
         self.vocab = vocabularies[0] if vocabularies else None
         self.pose_vocab = vocabularies[1] if len(vocabularies) > 1 else None
         self.vocabularies = vocabularies
@@ -143,7 +146,8 @@ class MotionLLM:
         tokenizer (the recorded one, or ``checkpoint``)."""
         from parttok.tokenizer import Tokenizer
 
-        model, hf_tokenizer, meta, vocabularies, router = load_tuned(path, base)
+        tuned = load_tuned(path, base)
+        meta, vocabularies = tuned.meta, tuned.vocabularies
         source = checkpoint or meta["tokenizers"][0]
         tokenizers = [Tokenizer.from_pretrained(source)]
         if len(vocabularies) > 1 and meta["tokenizers"][1:]:
@@ -155,7 +159,10 @@ class MotionLLM:
                     f"not {tokenizer.identity} (pass the right one with --checkpoint)"
                 )
         pose = tokenizers[1] if len(tokenizers) > 1 else None
-        return cls(model, hf_tokenizer, vocabularies, tokenizers[0], meta, pose, router)
+        llm = cls(tuned.model, tuned.hf_tokenizer, vocabularies, tokenizers[0], meta, pose)
+        llm.router, llm.projector = tuned.router, tuned.projector
+        llm.feature_token_id = tuned.feature_token_id
+        return llm
 
     # --- prompts -------------------------------------------------------------------------
     def _prompt(self, group: str, with_seconds: bool, **values: str) -> str:
@@ -269,6 +276,8 @@ class MotionLLM:
     def _motions(
         self, prompts, limit, steps, seed, temperature, top_k, vocab=None
     ) -> list[Generated]:
+        if self.projector is not None:
+            raise InputError("this language model reads motion features; it cannot write motion")
         vocab = vocab or self.vocab
         tok = self.hf_tokenizer
         tok.padding_side = "left"
@@ -293,20 +302,71 @@ class MotionLLM:
             results.append(Generated(parsed.codes, answer))
         return results
 
-    def caption(self, codes: list[np.ndarray], max_new_tokens: int = 40) -> list[str]:
-        """A caption for each motion given as codes (S, P), decoded greedily."""
-        prompts = [
-            self._prompt(
-                "caption",
-                False,
-                motion=codes_to_text(c, self.vocab),
-                caption="",
-                seconds=self._seconds_text(len(c)),
+    def read_batch(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """What this model reads of raw clips (T, 263): codes (S, P), or for a features model
+        the tokenizer's encoder features (S, P, d)."""
+        if self.projector is None:
+            return self.tokenizer.encode_batch(clips)
+        return self.tokenizer.latents_batch(clips)
+
+    def caption(self, motions: list[np.ndarray], max_new_tokens: int = 40) -> list[str]:
+        """A caption for each motion (what ``read_batch`` gives: codes (S, P), or encoder
+        features (S, P, d) for a features model), decoded greedily."""
+        from parttok.llm.features import pooled
+
+        rows = [None] * len(motions)
+        if self.projector is not None:
+            rows = [pooled(m, self.meta["motion_input"]["pooling"]) for m in motions]
+        prompts = []
+        for motion, row in zip(motions, rows, strict=True):
+            text = (
+                codes_to_text(motion, self.vocab)
+                if row is None
+                else self.vocab.start + FEATURE_TOKEN * len(row) + self.vocab.end
             )
-            for c in codes
-        ]
-        answers = self._run(prompts, max_new_tokens, suppress_tokens=self.motion_token_ids)
+            prompts.append(
+                self._prompt(
+                    "caption",
+                    False,
+                    motion=text,
+                    caption="",
+                    seconds=self._seconds_text(len(motion)),
+                )
+            )
+        if self.projector is None:
+            answers = self._run(prompts, max_new_tokens, suppress_tokens=self.motion_token_ids)
+        else:
+            answers = self._read_features(prompts, rows, max_new_tokens)
         return [answer.strip() for answer in answers]
+
+    def _read_features(self, prompts: list[str], rows: list[np.ndarray], max_new_tokens: int):
+        """Greedy answers to prompts whose placeholders take the feature ``rows``."""
+        from parttok.llm.features import embeddings_with_features
+
+        tok = self.hf_tokenizer
+        tok.padding_side = "left"
+        texts = [prompt_text(tok, p) for p in prompts]
+        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        if self.router is not None:
+            self.router(prompts)
+        with torch.inference_mode():
+            embeds = embeddings_with_features(
+                self.model.get_input_embeddings(),
+                batch["input_ids"],
+                [torch.from_numpy(r) for r in rows],
+                self.projector,
+                self.feature_token_id,
+            )
+            out = self.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                suppress_tokens=self.motion_token_ids,
+            )
+        return [tok.decode(row, skip_special_tokens=True) for row in out]
 
     def chat(self, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers to plain prompts (what the language-retention check asks)."""

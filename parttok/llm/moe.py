@@ -178,15 +178,10 @@ def with_moe_lora(
     """``model`` with MoE-LoRA layers and the rows of ``new_token_ids`` trainable (peft's
     trainable tokens, tied output rows included), as a peft model whose ``moe_gate`` holds
     the gate weights. Only the experts and the new rows train."""
-    from peft import TrainableTokensConfig, get_peft_model
-
-    from parttok.llm.base import embedding_module_name
+    from parttok.llm.base import with_trainable_tokens
 
     holder = inject_moe_lora(model, target_modules, experts, rank, alpha, dropout, zero_expert)
-    config = TrainableTokensConfig(
-        target_modules=[embedding_module_name(model)], token_indices=new_token_ids
-    )
-    peft_model = get_peft_model(model, config)
+    peft_model = with_trainable_tokens(model, new_token_ids)
     for layer in moe_layers(peft_model):  # peft froze everything but its own tokens
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)

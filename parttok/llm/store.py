@@ -20,11 +20,19 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from parttok.errors import InputError
+from parttok.llm.features import (
+    PROJECTOR_FILE,
+    FeatureProjector,
+    add_placeholder,
+    check_features_spec,
+    feature_width,
+)
 from parttok.tokens import Vocabulary, add_motion_tokens
 
 FORMAT_NAME = "parttok-llm"
@@ -59,11 +67,13 @@ def export_tuned(
     token_ids: list[int],
     tokenizers: tuple[str | None, ...],
     training: dict,
-    adapter: dict | None = None,
-    moe_tensors: dict[str, torch.Tensor] | None = None,
+    extra_meta: dict | None = None,
+    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write the adapter and its description to ``target`` (replacing it atomically);
-    ``adapter`` and ``moe_tensors`` describe and hold a MoE-LoRA's experts and gate."""
+    ``extra_meta`` goes into ``parttok_llm.json`` (``adapter``, ``motion_input``) and
+    ``tensor_files`` (file name -> tensors) beside it, in float16 (MoE-LoRA's experts and
+    gate, a features model's projector)."""
     from safetensors.torch import load_file, save_file
 
     target = Path(target)
@@ -79,10 +89,10 @@ def export_tuned(
         tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(adapter_file).items()}
         save_file(tensors, adapter_file, metadata={"format": "pt"})
         adapter_file.chmod(0o644)
-        if moe_tensors:
-            half = {k: v.to(torch.float16).contiguous() for k, v in moe_tensors.items()}
-            save_file(half, staging / MOE_FILE, metadata={"format": "pt"})
-            (staging / MOE_FILE).chmod(0o644)
+        for name, file_tensors in (tensor_files or {}).items():
+            half = {k: v.detach().to(torch.float16).contiguous() for k, v in file_tensors.items()}
+            save_file(half, staging / name, metadata={"format": "pt"})
+            (staging / name).chmod(0o644)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -91,7 +101,9 @@ def export_tuned(
             "token_ids": [int(i) for i in token_ids],
             "tokenizers": [None if t is None else str(t) for t in tokenizers],
             "training": training,
-            "adapter": adapter or {"type": "lora"},
+            "adapter": {"type": "lora"},
+            "motion_input": {"kind": "tokens"},
+            **(extra_meta or {}),
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         if target.exists():
@@ -141,14 +153,46 @@ def read_meta(path: str | Path) -> dict:
     meta["adapter"] = check_spec(meta.get("adapter", {"type": "lora"}), str(meta_path))
     if meta["adapter"]["type"] == "moe-lora" and not (path / MOE_FILE).is_file():
         raise InputError(f"{path}: no {MOE_FILE}")
+    motion_input = meta.get("motion_input", {"kind": "tokens"})
+    meta["motion_input"] = check_features_spec(motion_input, str(meta_path))
+    if meta["motion_input"]["kind"] == "features" and not (path / PROJECTOR_FILE).is_file():
+        raise InputError(f"{path}: no {PROJECTOR_FILE}")
     return meta
 
 
-def load_tuned(path: str | Path | None = None, base: str | None = None):
-    """(model, hf_tokenizer, meta, vocabularies, router) of a tuned model folder (None:
-    shipped), on its recorded base or ``base``; the adapter is merged into the weights for
-    speed. ``router`` (None but for MoE-LoRA) weights the experts for the prompts at hand:
-    call it with the user turns before running the model."""
+def load_projector(path: str | Path, projector: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The projector weights of a tuned features model folder, checked against
+    ``projector``'s names and shapes (safetensors only)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(path) / PROJECTOR_FILE
+    try:
+        tensors = load_file(file)
+    except (OSError, SafetensorError) as error:
+        raise InputError(f"{file}: unreadable ({str(error)[:80]})") from None
+    expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in tensors.items()} != expected:
+        raise InputError(f"{file}: does not fit this projector ({projector.kind}, {expected})")
+    return {k: v.float() for k, v in tensors.items()}
+
+
+@dataclass
+class Tuned:
+    """A loaded tuned model: the merged LLM and what reads motion into it."""
+
+    model: torch.nn.Module
+    hf_tokenizer: object
+    meta: dict
+    vocabularies: list[Vocabulary]
+    router: torch.nn.Module | None = None  # MoE-LoRA: call with the user turns first
+    projector: torch.nn.Module | None = None  # features models
+    feature_token_id: int | None = None
+
+
+def load_tuned(path: str | Path | None = None, base: str | None = None) -> Tuned:
+    """A tuned model folder (None: shipped) on its recorded base or ``base``; the adapter is
+    merged into the weights for speed."""
     from peft import PeftModel
 
     from parttok.llm import moe
@@ -163,6 +207,11 @@ def load_tuned(path: str | Path | None = None, base: str | None = None):
     ids: list[int] = []
     for vocab in vocabularies:
         ids += add_motion_tokens(model, hf_tokenizer, vocab, init="mean")
+    features = meta["motion_input"]
+    feature_token_id = None
+    if features["kind"] == "features":
+        feature_token_id = add_placeholder(model, hf_tokenizer)
+        ids.append(feature_token_id)
     if sorted(set(ids)) != meta["token_ids"]:
         raise InputError(f"{path}: the base's tokenizer gives the motion tokens other ids")
     spec = meta["adapter"]
@@ -172,8 +221,13 @@ def load_tuned(path: str | Path | None = None, base: str | None = None):
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
         raise InputError(f"{path}: cannot load the adapter ({message})") from None
-    router = None
+    tuned = Tuned(model.eval(), hf_tokenizer, meta, vocabularies)
     if holder is not None:
-        router = moe.load_router(path / MOE_FILE, model, hf_tokenizer, spec, holder)
-    model.eval()
-    return model, hf_tokenizer, meta, vocabularies, router
+        tuned.router = moe.load_router(path / MOE_FILE, model, hf_tokenizer, spec, holder)
+    if feature_token_id is not None:
+        width = feature_width(features["code_dim"], vocabularies[0].num_parts, features["pooling"])
+        hidden = model.get_input_embeddings().weight.shape[1]
+        projector = FeatureProjector(features["projector"], width, hidden)
+        projector.load_state_dict(load_projector(path, projector))
+        tuned.projector, tuned.feature_token_id = projector.eval(), feature_token_id
+    return tuned

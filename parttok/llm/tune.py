@@ -15,6 +15,7 @@ At the end of training the module exports the tuned model to ``<default_root_dir
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -28,8 +29,25 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
 from parttok.errors import InputError
-from parttok.llm.base import base_name, embedding_module_name, load_base, require_transformers
+from parttok.llm.base import (
+    base_name,
+    embedding_module_name,
+    load_base,
+    require_transformers,
+    with_trainable_tokens,
+)
 from parttok.llm.chat import IGNORE, Example, encode_conversation, read_conversations
+from parttok.llm.features import (
+    PROJECTOR_FILE,
+    FeatureProjector,
+    add_placeholder,
+    embeddings_with_features,
+    feature_width,
+    features_spec,
+    pooled,
+    record_features,
+    with_placeholders,
+)
 from parttok.llm.moe import (
     PromptGate,
     PromptRouter,
@@ -39,10 +57,16 @@ from parttok.llm.moe import (
     zero_expert_loss,
 )
 from parttok.llm.prompt_embedding import PromptEmbedder
-from parttok.llm.store import export_tuned, motion_vocabularies
+from parttok.llm.store import (
+    MOE_FILE,
+    export_tuned,
+    load_projector,
+    motion_vocabularies,
+)
 from parttok.tokens import add_motion_tokens
 
-ADAPTERS = ("lora", "moe-lora")
+ADAPTERS = ("lora", "moe-lora", "none")
+MOTION_INPUTS = ("tokens", "features")
 GENERAL_TASK = (
     "general"  # conversations without motion; MoE-LoRA's gate sends them to the zero expert
 )
@@ -59,8 +83,17 @@ class MotionLanguageModule(pl.LightningModule):
         lora_rank, lora_alpha, lora_dropout: LoRA's rank, scale and dropout.
         target_modules: LoRA's target layers (``all-linear`` or a list of module names).
         embedding_init: new token rows from the ``codebook`` projection or the ``mean`` row.
-        adapter: ``lora`` (peft's LoRA) or ``moe-lora`` (``parttok.llm.moe``: LoRA experts
-            of rank ``lora_rank`` and a zero expert, gated per prompt).
+        adapter: ``lora`` (peft's LoRA), ``moe-lora`` (``parttok.llm.moe``: LoRA experts
+            of rank ``lora_rank`` and a zero expert, gated per prompt) or ``none`` (the LLM
+            frozen: only the new token rows and a projector train, LLaVA's stage 1).
+        motion_input: how motion enters the prompt: ``tokens`` (codes as tokens) or
+            ``features`` (``parttok.llm.features``: the tokenizer's encoder features through
+            a projector; motion -> text tasks only).
+        projector: ``linear`` or ``mlp`` (features only).
+        feature_pooling: ``parts`` (a placeholder per part and step) or ``steps`` (one per
+            step, the parts side by side: whole-body features).
+        projector_init: a tuned features model whose projector this one starts from (LLaVA's
+            stage 2 after stage 1).
         experts: trainable experts of ``moe-lora``.
         zero_expert: give ``moe-lora`` the zero expert.
         gate_embedding: what the gate reads: ``minilm`` (a sentence encoder) or ``base`` (the
@@ -86,6 +119,10 @@ class MotionLanguageModule(pl.LightningModule):
         zero_expert: bool = True,
         gate_embedding: str = "minilm",
         gate_loss_weight: float = 1.0,
+        motion_input: str = "tokens",
+        projector: str = "linear",
+        feature_pooling: str = "parts",
+        projector_init: str | None = None,
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 50,
@@ -105,11 +142,29 @@ class MotionLanguageModule(pl.LightningModule):
             new_ids += add_motion_tokens(
                 model, self.hf_tokenizer, vocab, motion_tokenizer, init=embedding_init
             )
-        self.new_token_ids = sorted(set(new_ids))
         if adapter not in ADAPTERS:
             raise InputError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+        if motion_input not in MOTION_INPUTS:
+            raise InputError(f"motion_input must be one of {MOTION_INPUTS}, got {motion_input!r}")
+        self.projector: FeatureProjector | None = None
+        if motion_input == "features":
+            self.feature_tokenizer = motion_tokenizers[0]
+            self.feature_token_id = add_placeholder(model, self.hf_tokenizer)
+            new_ids.append(self.feature_token_id)
+            width = feature_width(
+                self.feature_tokenizer.model.code_dim,
+                self.vocabularies[0].num_parts,
+                feature_pooling,
+            )
+            hidden = model.get_input_embeddings().weight.shape[1]
+            self.projector = FeatureProjector(projector, width, hidden)
+            if projector_init:
+                self.projector.load_state_dict(load_projector(projector_init, self.projector))
+        self.new_token_ids = sorted(set(new_ids))
         self.router: PromptRouter | None = None
-        if adapter == "lora":
+        if adapter == "none":
+            self.llm = with_trainable_tokens(model, self.new_token_ids)
+        elif adapter == "lora":
             config = LoraConfig(
                 r=lora_rank,
                 lora_alpha=lora_alpha,
@@ -142,11 +197,18 @@ class MotionLanguageModule(pl.LightningModule):
         weights = None
         if self.router is not None:
             weights = self.router(batch["prompts"])  # (B, E)
-        out = self.llm(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
+        inputs = {"input_ids": batch["input_ids"]}
+        if self.projector is not None:
+            inputs = {
+                "inputs_embeds": embeddings_with_features(
+                    self.llm.get_input_embeddings(),
+                    batch["input_ids"],
+                    batch["features"],
+                    self.projector,
+                    self.feature_token_id,
+                )
+            }
+        out = self.llm(**inputs, attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out, weights
 
     def _losses(self, batch: dict, stage: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,15 +300,22 @@ class MotionLanguageModule(pl.LightningModule):
         rank_zero_info(f"tuned model: {target}")
 
     def adapter_export(self) -> dict:
-        """``export_tuned``'s ``adapter`` and ``moe_tensors`` for this module's adapter."""
-        if self.router is None:
-            return {"adapter": {"type": "lora"}}
+        """``export_tuned``'s ``extra_meta`` and ``tensor_files``: the MoE-LoRA's experts and
+        gate, the features model's projector."""
         hp = self.hparams
-        spec = moe_spec(
-            hp.experts, hp.lora_rank, hp.lora_alpha, hp.zero_expert, hp.gate_embedding,
-            hp.target_modules,
-        )  # fmt: skip
-        return {"adapter": spec, "moe_tensors": moe_tensors(self.llm.get_base_model(), self.router)}
+        meta: dict = {"adapter": {"type": hp.adapter}}
+        files: dict[str, dict[str, torch.Tensor]] = {}
+        if self.router is not None:
+            meta["adapter"] = moe_spec(
+                hp.experts, hp.lora_rank, hp.lora_alpha, hp.zero_expert, hp.gate_embedding,
+                hp.target_modules,
+            )  # fmt: skip
+            files[MOE_FILE] = moe_tensors(self.llm.get_base_model(), self.router)
+        if self.projector is not None:
+            code_dim = int(self.feature_tokenizer.model.code_dim)
+            meta["motion_input"] = features_spec(hp.projector, hp.feature_pooling, code_dim)
+            files[PROJECTOR_FILE] = self.projector.state_dict()
+        return {"extra_meta": meta, "tensor_files": files}
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
@@ -295,6 +364,7 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         "labels": labels,
         "tasks": [e.task for e in examples],
         "prompts": [e.user for e in examples],
+        "features": [e.features for e in examples if e.features is not None],
     }
 
 
@@ -310,6 +380,8 @@ class ConversationDataModule(pl.LightningDataModule):
         max_length: longer conversations are left out (and counted), never cut.
         batch_size: conversations per step.
         val_per_task: at most this many validation conversations per task (evenly spaced).
+        features_from: folders of the conversations' clips (HumanML3D layout), for a model
+            that reads motion features instead of tokens.
         seed: batch order.
     """
 
@@ -322,6 +394,7 @@ class ConversationDataModule(pl.LightningDataModule):
         max_length: int = 384,
         batch_size: int = 8,
         val_per_task: int = 64,
+        features_from: list[str] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -329,10 +402,13 @@ class ConversationDataModule(pl.LightningDataModule):
         self.train_examples: list[Example] = []
         self.val_examples: dict[str, list[Example]] = {}
         self.val_tasks: list[str] = []
+        self.reader: MotionLanguageModule | None = None
 
     def setup(self, stage: str) -> None:
-        hf_tokenizer = self.trainer.lightning_module.hf_tokenizer
+        module = self.trainer.lightning_module
+        hf_tokenizer = module.hf_tokenizer
         self.pad_id = hf_tokenizer.pad_token_id
+        self.reader = module if module.projector is not None else None
         hp = self.hparams
         held_out = set(hp.exclude_captions or ())
         train_paths = _paths(hp.train_path)
@@ -350,11 +426,18 @@ class ConversationDataModule(pl.LightningDataModule):
             self.val_examples = {t: _evenly(by_task[t], hp.val_per_task) for t in self.val_tasks}
 
     def _encode(self, hf_tokenizer, records: list[dict], path: str) -> list[Example]:
+        features: list = [None] * len(records)
+        if self.reader is not None:
+            records, features = self._with_features(records, path)
         encoded = [
             encode_conversation(
                 hf_tokenizer, r["user"], r["assistant"], r["task"], self.hparams.max_length
             )
             for r in records
+        ]
+        encoded = [
+            None if e is None else dataclasses.replace(e, features=f)
+            for e, f in zip(encoded, features, strict=True)
         ]
         kept = [e for e in encoded if e is not None]
         if len(kept) < len(encoded):
@@ -363,6 +446,28 @@ class ConversationDataModule(pl.LightningDataModule):
                 f"{self.hparams.max_length} tokens left out"
             )
         return kept
+
+    def _with_features(self, records: list[dict], path: str) -> tuple[list[dict], list]:
+        """Records about motion with their motion replaced by placeholders, and the encoder
+        features (rows per placeholder) that fill them; records without a clip's features
+        (``features_from``) or without a motion in the prompt are left out."""
+        hp, module = self.hparams, self.reader
+        if not hp.features_from:
+            raise InputError("a features model needs data.features_from (the clips' folders)")
+        vocab, pooling = module.vocabularies[0], module.hparams.feature_pooling
+        latents = record_features(records, hp.features_from, module.feature_tokenizer)
+        kept, rows = [], []
+        for record, latent in zip(records, latents, strict=True):
+            if latent is None:
+                continue
+            row = pooled(latent, pooling)
+            user = with_placeholders(record["user"], vocab, len(row))
+            if user is not None:
+                kept.append(record | {"user": user})
+                rows.append(torch.from_numpy(row))
+        if len(kept) < len(records):
+            rank_zero_info(f"{path}: {len(records) - len(kept)} conversation(s) without features")
+        return kept, rows
 
     def train_dataloader(self) -> DataLoader:
         lengths = [len(e.input_ids) for e in self.train_examples]
