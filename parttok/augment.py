@@ -11,8 +11,6 @@ motions it has, then turned into features by the reference pipeline.
 - ``swing_limb``: one limb raised and lowered again: a leg kicked forward or out to the side
   at the hip, a heel kicked back at the knee, an arm raised forward or sideways (poses Bandai
   Namco's ten actions rarely reach).
-- ``twist``: the upper body turned about the spine at spine1 and back (a serve, a swing of a
-  sword or a bat; Bandai Namco's actors face where their hips do).
 - ``crouch``: a squat: both thighs raised forward at the hips, the knees flexed twice as far,
   the feet kept level, the upper body bent forward at the hips, and the body lowered until
   the feet are back on the floor (``ground``).
@@ -21,9 +19,6 @@ motions it has, then turned into features by the reference pipeline.
 - ``tilt``: the whole body turned forward or back about the line through its hips, then set
   down on its lowest joint: bowing down to the floor, lying on the front or back, upside
   down (floor work, falls and acrobatics; every training clip stands).
-- ``bend``: every joint turned a little about a random axis, the turns drifting over the
-  window, then the feet set back on the floor: poses near the training poses that no clip
-  holds (the codebooks cover unseen poses worse than seen ones: tools/diagnose.py).
 
 ``Augmentation`` holds the ranges and draws from them with torch's random generator (so
 DataLoader workers differ); ``WindowDataset`` applies them.
@@ -31,13 +26,16 @@ DataLoader workers differ); ``WindowDataset`` applies them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from parttok.errors import InputError
 from parttok.features import FPS
-from parttok.rotations import axis_angle_matrix, qmul, qrot
+from parttok.rotations import axis_angle_matrix, qrot
 from parttok.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, rigid_group_frames, unit_vectors
 
 PELVIS, LEFT_HIP, RIGHT_HIP, SPINE1 = 0, 1, 2, 3
@@ -76,21 +74,6 @@ def _descendants(joint: int) -> tuple[int, ...]:
 # Everything above spine1: bending there keeps SMPL's two rigid groups (pelvis with hips and
 # spine1; spine3 with collars and neck) rigid.
 UPPER_BODY = _descendants(6)
-
-
-def _levels() -> tuple[np.ndarray, ...]:
-    """The joints below the pelvis by their depth in the tree: (children of the pelvis, their
-    children, ...)."""
-    depth = [0] * NUM_JOINTS
-    for joint in range(1, NUM_JOINTS):  # parents precede children
-        depth[joint] = depth[PARENTS[joint]] + 1
-    return tuple(
-        np.array([j for j in range(NUM_JOINTS) if depth[j] == level])
-        for level in range(1, max(depth) + 1)
-    )
-
-
-LEVELS = _levels()
 
 
 def change_speed(joints: np.ndarray, factor: float, frames: int, start: float = 0.0) -> np.ndarray:
@@ -225,15 +208,6 @@ def _thigh_and_shank(joints: np.ndarray, knee: str) -> tuple[np.ndarray, np.ndar
     return thigh, unit_vectors(joints[:, ankle] - joints[:, joint])
 
 
-def twist(joints: np.ndarray, degrees: np.ndarray) -> np.ndarray:
-    """(T, 22, 3), (T,) -> (T, 22, 3): the upper body (everything above spine1) turned
-    ``degrees[t]`` about the pelvis's up axis at spine1 (positive: to the left, counter-
-    clockwise seen from above when upright). Pelvis and legs stay."""
-    axes = rigid_group_frames(joints, PELVIS_GROUP)[..., 1]  # (T, 3): the pelvis's up
-    radians = np.radians(np.asarray(degrees, dtype=np.float64))
-    return _rotate_about(joints, SPINE1, UPPER_BODY, axes, radians)
-
-
 def ground(
     joints: np.ndarray, reference: np.ndarray, contacts: tuple[int, ...] = FEET
 ) -> np.ndarray:
@@ -287,27 +261,6 @@ def crouch(joints: np.ndarray, degrees: np.ndarray, bend: float = 0.5) -> np.nda
     return ground(squat, joints)
 
 
-def bend(joints: np.ndarray, rotations: np.ndarray) -> np.ndarray:
-    """(T, 22, 3), (T, 22, 3) -> (T, 22, 3): everything below each joint turned about it by
-    its rotation vector ``rotations[t, j]`` (axis times angle in radians, the world's axes),
-    from the pelvis out: a bone turns by its parent's rotation after those of every joint
-    above. Bones keep their lengths; SMPL's rigid groups stay rigid while the pelvis's
-    rotation is zero (its children turn together only with it)."""
-    vectors = torch.from_numpy(np.asarray(rotations, dtype=np.float64))  # (T, 22, 3)
-    angles = vectors.norm(dim=-1, keepdim=True)  # (T, 22, 1)
-    axes = vectors / angles.clamp_min(1e-12)
-    spins = torch.cat(((angles / 2).cos(), (angles / 2).sin() * axes), dim=-1)  # (T, 22, 4)
-    source = torch.from_numpy(np.asarray(joints, dtype=np.float64))
-    parents = torch.tensor((0, *PARENTS[1:]))
-    bones = source - source[:, parents]  # (T, 22, 3), the pelvis's own zero
-    turned, bent = spins.clone(), source.clone()  # each joint's rotation and those above it
-    for level in LEVELS:
-        above = parents[level]
-        turned[:, level] = qmul(spins[:, level], turned[:, above])
-        bent[:, level] = bent[:, above] + qrot(turned[:, above], bones[:, level])
-    return bent.numpy()
-
-
 def jump(joints: np.ndarray, heights: np.ndarray) -> np.ndarray:
     """(T, 22, 3), (T,) -> (T, 22, 3): every joint lifted ``heights[t]`` metres (negative:
     lowered)."""
@@ -334,17 +287,21 @@ class Augmentation:
     the arms (left, right or both) of another random window; ``limb_swing``: probability that
     an augmented window raises and lowers one limb (a hip, knee or shoulder of
     ``SWING_LIMBS``) by up to ``swing_degrees``, over ``swing_frames`` (shortest, longest)
-    frames each way with a hold of up to as long between; ``twist``: probability that an
-    augmented window turns its upper body up to ``twist_degrees`` either way and back;
-    ``crouch``: probability of a squat up to ``crouch_degrees`` deep (at the hips) and up
-    again, the upper body bent forward up to as far; ``jump``: probability of a jump, in the
-    air for ``jump_frames`` (shortest, longest) frames; ``tilt``: probability that the whole
-    body turns forward or back by ``tilt_degrees`` (back, forward), drawn uniformly, and up
-    again. Twists, crouches and tilts are timed as limb swings are (``swing_frames``).
-    ``jitter``: probability that every joint below the pelvis is bent (``bend``) by up to
-    ``jitter_degrees`` about a random axis, drifting from one such rotation at the window's
-    start to another at its end, and the feet set back on the floor.
+    frames each way with a hold of up to as long between; ``crouch``: probability of a squat
+    up to ``crouch_degrees`` deep (at the hips) and up again, the upper body bent forward up
+    to as far; ``jump``: probability of a jump, in the air for ``jump_frames`` (shortest,
+    longest) frames; ``tilt``: probability that the whole body turns forward or back by
+    ``tilt_degrees`` (back, forward), drawn uniformly, and up again. Crouches and tilts are
+    timed as limb swings are (``swing_frames``).
     """
+
+    # Settings since removed -> the value with which they did nothing (runs recorded before
+    # their removal hold them): the upper body twisted about the spine, and every joint bent
+    # about a random axis (jitter: no gain on 16-dimensional codes); no measurement kept
+    # either (BENCHMARKS.md, "Training recipe").
+    REMOVED_SETTINGS: ClassVar[dict[str, float]] = {
+        "twist": 0.0, "twist_degrees": 60.0, "jitter": 0.0, "jitter_degrees": 15.0,
+    }  # fmt: skip
 
     probability: float = 0.5
     speed: tuple[float, float] = (0.75, 1.33)
@@ -355,32 +312,26 @@ class Augmentation:
     limb_swing: float = 0.5
     swing_degrees: float = 90.0
     swing_frames: tuple[float, float] = (6.0, 20.0)
-    twist: float = 0.0
-    twist_degrees: float = 60.0
     crouch: float = 0.0
     crouch_degrees: float = 60.0
     jump: float = 0.0
     jump_frames: tuple[float, float] = (6.0, 12.0)
     tilt: float = 0.0
     tilt_degrees: tuple[float, float] = (-90.0, 180.0)
-    jitter: float = 0.0
-    jitter_degrees: float = 15.0
 
     def __post_init__(self) -> None:
         chances = (
             self.probability,
             self.arm_swap,
             self.limb_swing,
-            self.twist,
             self.crouch,
             self.jump,
             self.tilt,
-            self.jitter,
         )
         if not all(0.0 <= chance <= 1.0 for chance in chances):
             raise ValueError(
-                "augment: probability, arm_swap, limb_swing, twist, crouch, jump, tilt and "
-                "jitter must lie in [0, 1]"
+                "augment: probability, arm_swap, limb_swing, crouch, jump and tilt must lie in "
+                "[0, 1]"
             )
         if not 0.0 < self.speed[0] <= self.speed[1]:
             raise ValueError(f"augment.speed: need 0 < slowest <= fastest, got {self.speed}")
@@ -390,17 +341,28 @@ class Augmentation:
             raise ValueError("augment: need turn_degrees >= 0 and 0 < shortest <= longest turn")
         if self.swing_degrees < 0.0 or not 0.0 < self.swing_frames[0] <= self.swing_frames[1]:
             raise ValueError("augment: need swing_degrees >= 0 and 0 < shortest <= longest swing")
-        if not 0.0 <= self.twist_degrees <= 180.0 or not 0.0 <= self.crouch_degrees <= 90.0:
-            raise ValueError("augment: need twist_degrees in [0, 180], crouch_degrees in [0, 90]")
+        if not 0.0 <= self.crouch_degrees <= 90.0:
+            raise ValueError("augment: need crouch_degrees in [0, 90]")
         if not 0.0 < self.jump_frames[0] <= self.jump_frames[1]:
             raise ValueError("augment: need 0 < shortest <= longest jump_frames")
-        if not 0.0 <= self.jitter_degrees <= 180.0:
-            raise ValueError("augment: need jitter_degrees in [0, 180]")
         if not -180.0 <= self.tilt_degrees[0] <= self.tilt_degrees[1] <= 180.0:
             raise ValueError(
                 "augment.tilt_degrees: need -180 <= back <= forward <= 180, got "
                 f"{self.tilt_degrees}"
             )
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, object]) -> Augmentation:
+        """The augmentation of plain ``settings`` (a run's saved YAML): settings since removed
+        (``REMOVED_SETTINGS``) are dropped where they hold the value with which they did
+        nothing, as runs saved before their removal do; an InputError where one holds another."""
+        for name, inert in cls.REMOVED_SETTINGS.items():
+            if name in settings and settings[name] != inert:
+                raise InputError(
+                    f"augment.{name} was removed from parttok; only its old default {inert:g} "
+                    f"is accepted, got {settings[name]!r}"
+                )
+        return cls(**{k: v for k, v in settings.items() if k not in cls.REMOVED_SETTINGS})
 
     def describe(self) -> str:
         """One sentence of what the augmentation does, for model cards."""
@@ -419,11 +381,6 @@ class Augmentation:
                 f"a hip, knee or shoulder raised up to {self.swing_degrees:g} degrees and "
                 f"lowered again {self.limb_swing:.0%} of the time"
             )
-        if self.twist > 0:
-            changes.append(
-                f"the upper body twisted up to {self.twist_degrees:g} degrees and back "
-                f"{self.twist:.0%} of the time"
-            )
         if self.crouch > 0:
             changes.append(
                 f"a squat up to {self.crouch_degrees:g} degrees deep at the hips "
@@ -440,11 +397,6 @@ class Augmentation:
                 else f"{back:g} to {forward:g} degrees forward"
             )
             changes.append(f"the whole body tilted {span} and up again {self.tilt:.0%} of the time")
-        if self.jitter > 0:
-            changes.append(
-                f"every joint bent up to {self.jitter_degrees:g} degrees about a random axis "
-                f"{self.jitter:.0%} of the time"
-            )
         return (
             f"{self.probability:.0%} of the training windows are made anew in joint space "
             f"({', '.join(changes)}; `parttok.augment`) and turned into features by the "
@@ -478,11 +430,6 @@ class Augmentation:
         degrees = _uniform(0.0, self.swing_degrees)
         return limb, outward, self._pulse(frames, first, count, degrees)
 
-    def draw_twist(self, frames: int, first: int, count: int) -> np.ndarray:
-        """(frames,) degrees of a twist either way, timed as a limb swing."""
-        degrees = _uniform(-self.twist_degrees, self.twist_degrees)
-        return self._pulse(frames, first, count, degrees)
-
     def draw_crouch(self, frames: int, first: int, count: int) -> tuple[np.ndarray, float]:
         """(frames,) degrees of a squat, timed as a limb swing, and how far the upper body
         bends forward with it (a share of the squat's degrees)."""
@@ -500,17 +447,6 @@ class Augmentation:
         """(frames,) degrees of a whole-body tilt (positive: forward), timed as a limb
         swing."""
         return self._pulse(frames, first, count, _uniform(*self.tilt_degrees))
-
-    def draw_bend(self, frames: int) -> np.ndarray:
-        """(frames, 22, 3) rotation vectors for ``bend``: each joint below the pelvis turned
-        about a random axis by up to ``jitter_degrees`` (drawn uniformly), drifting linearly
-        from one such rotation at the first frame to another at the last; the pelvis none."""
-        ends = torch.randn(2, NUM_JOINTS, 3, dtype=torch.float64)  # (2, 22, 3)
-        sizes = torch.rand(2, NUM_JOINTS, 1, dtype=torch.float64) * np.radians(self.jitter_degrees)
-        ends = ends / ends.norm(dim=-1, keepdim=True).clamp_min(1e-12) * sizes
-        ends[:, PELVIS] = 0.0
-        along = torch.linspace(0.0, 1.0, frames, dtype=torch.float64)[:, None, None]
-        return ((1.0 - along) * ends[0] + along * ends[1]).numpy()
 
     def _pulse(self, frames: int, first: int, count: int, degrees: float) -> np.ndarray:
         """(frames,): 0, raised to ``degrees`` over a duration drawn from ``swing_frames``,

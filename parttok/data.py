@@ -2,7 +2,6 @@
 
 - ``HumanML3DFolder``: a folder in the HumanML3D layout (features, joints, captions with
   sub-clip tags, split files, statistics).
-- ``BVHDataset``: BVH files as features, through an on-disk cache keyed by content hash.
 - ``WindowDataset`` (random training crops, optional left/right mirroring), ``EvalDataset``
   (deterministic full clips, padded by ``pad_collate``) and ``MotionDataModule``.
 - ``convert_sources``: BVH files, joint/feature ``.npy`` files and HumanML3D folders ->
@@ -31,17 +30,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from parttok.augment import (
     Augmentation,
-    bend,
     change_speed,
     crouch,
-    ground,
     jump,
     lean,
     splice_arms,
     swing_limb,
     tilt,
     turn,
-    twist,
 )
 from parttok.cli.common import process_batch
 from parttok.errors import FeatureError, InputError
@@ -62,7 +58,6 @@ from parttok.features import (
 )
 from parttok.io import (
     BVH_SUFFIXES,
-    cache_dir,
     ensure_output_dir,
     find_files,
     is_humanml3d_folder,
@@ -74,8 +69,8 @@ from parttok.io import (
 )
 from parttok.skeleton import MIRROR_PERMUTATION, NUM_JOINTS
 
-# Bump when joints_to_features or the BVH import changes its output: it keys the BVH cache,
-# and a converted folder written under another version is converted again.
+# Bump when joints_to_features or the BVH import changes its output: a converted folder
+# written under another version is converted again.
 FEATURE_VERSION = "2"
 FEATURE_VERSION_FILE = "feature_version.txt"
 # While a folder holds clips of an older feature version: the ids already converted again.
@@ -290,64 +285,6 @@ def _one_thread_in_workers() -> None:
         torch.set_num_threads(1)
 
 
-def bvh_cache_key(path: str | os.PathLike, rig: str = "auto") -> str:
-    """sha256 of the file's bytes, the rig (a mapping file's bytes, else its name) and
-    ``FEATURE_VERSION``."""
-    digest = hashlib.sha256(Path(path).read_bytes())
-    rig_file = Path(rig)
-    digest.update(b"\0rig\0" + (rig_file.read_bytes() if rig_file.is_file() else rig.encode()))
-    digest.update(b"\0version\0" + FEATURE_VERSION.encode())
-    return digest.hexdigest()
-
-
-def cached_bvh_features(
-    path: str | os.PathLike, rig: str = "auto", cache: str | os.PathLike | None = None
-) -> np.ndarray:
-    """``bvh_features`` through an on-disk cache (``<cache_dir>/bvh-features`` by default)."""
-    _one_thread_in_workers()
-    try:
-        key = bvh_cache_key(path, rig)
-    except OSError as error:
-        raise InputError(f"{path}: unreadable ({error.strerror})") from None
-    folder = Path(cache) if cache is not None else cache_dir() / "bvh-features"
-    cached = folder / f"{key}.npy"
-    if cached.is_file():
-        try:
-            return load_features(cached)
-        except InputError:
-            cached.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-    features = bvh_features(path, rig)
-    save_npy(cached, features)
-    return features
-
-
-class BVHDataset(Dataset):
-    """BVH files (or folders of them) as (T, 263) features, cached on disk by content hash
-    so a second load of the same file skips the import. Bad files are reported on stderr
-    and listed in ``failed``; the others load."""
-
-    def __init__(
-        self,
-        sources: Sequence[str | os.PathLike],
-        rig: str = "auto",
-        cache: str | os.PathLike | None = None,
-        jobs: int = 1,
-        show_progress: bool = False,
-    ):
-        paths = find_files(list(sources), BVH_SUFFIXES)
-        worker = functools.partial(cached_bvh_features, rig=rig, cache=cache)
-        done, self.failed = process_batch(paths, worker, "loading BVH", jobs, show_progress)
-        self.paths = [path for path, _ in done]
-        self.ids = unique_ids(self.paths)
-        self.clips = [features for _, features in done]
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.clips[index]
-
-
 # ---------------------------------------------------------------------------------------
 # Mirroring
 
@@ -422,7 +359,7 @@ class WindowDataset(Dataset):
     ``window``). With ``mirror`` half the items are mirrored left/right. With ``augment``
     (and each clip's (T, 22, 3) ``joints``) a share of the items are made in joint space,
     played at another speed, leaned, turned, given another window's arms, a limb raised and
-    lowered, a twist, a squat or a jump (see ``parttok.augment``), then turned into features.
+    lowered, a squat, a tilt or a jump (see ``parttok.augment``), then turned into features.
     Clips shorter than 4 frames are dropped. Randomness comes from torch, so DataLoader
     workers differ.
     """
@@ -518,10 +455,6 @@ class WindowDataset(Dataset):
         if augment.limb_swing > 0 and torch.rand(()).item() < augment.limb_swing:
             limb, outward, degrees = augment.draw_swing(frames, before, crop)
             window = swing_limb(window, limb, degrees, outward)
-        if augment.jitter > 0 and torch.rand(()).item() < augment.jitter:
-            window = ground(bend(window, augment.draw_bend(frames)), window)
-        if augment.twist > 0 and torch.rand(()).item() < augment.twist:
-            window = twist(window, augment.draw_twist(frames, before, crop))
         if augment.crouch > 0 and torch.rand(()).item() < augment.crouch:
             depth, forward = augment.draw_crouch(frames, before, crop)
             window = crouch(window, depth, forward)
@@ -605,8 +538,8 @@ class MotionDataModule(pl.LightningDataModule):
 
     Training: random ``window``-frame crops of the ``train_split`` clips (see
     ``WindowDataset``; ``min_window`` for random lengths, ``mirror`` for left/right
-    augmentation, ``augment`` for speed, lean, turn, arm swaps, limb swings, twists, squats,
-    jumps and tilts made from the clips' joints), batches ``{"features": (B, window, 263), "mask":
+    augmentation, ``augment`` for speed, lean, turn, arm swaps, limb swings, squats, jumps
+    and tilts made from the clips' joints), batches ``{"features": (B, window, 263), "mask":
     (B, window)}``.
     Validation/test: the ``val_split``/``test_split`` clips whole (``EvalDataset``: at least
     ``val_min_length`` frames, longer clips split into ``val_max_length`` segments), padded
@@ -643,7 +576,7 @@ class MotionDataModule(pl.LightningDataModule):
         super().__init__()
         # kept as plain numbers in the hyperparameters (checkpoints stay free of our classes)
         augment = asdict(augment) if isinstance(augment, Augmentation) else augment
-        self.augment = Augmentation(**augment) if augment is not None else None
+        self.augment = Augmentation.from_settings(augment) if augment is not None else None
         self.save_hyperparameters()
         if not data_dirs:
             raise InputError("data_dirs: give at least one folder in the HumanML3D layout")

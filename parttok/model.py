@@ -15,7 +15,7 @@ arm is depends on the torso too), so the joint queries are not masked.
 
 Modes of the same code: "motion" (above); "pose" (each frame its own step, only the pose
 features, no attention across time); "continuous" (no quantizer: the part features are the
-output, with an optional projector to a language model's hidden size).
+output, what a language model reads through its own projector, ``parttok.llm.features``).
 
 Temporal attention is local (``attention_window`` steps each side) with a learned relative
 position bias, so clips of any length see what the training windows saw; past a few windows
@@ -165,11 +165,11 @@ def build_vector_quantizer(
     kmeans_init: bool,
     dead_code_threshold: float,
     commitment_weight: float,
-    rotation_trick: bool = False,
 ) -> VectorQuantize:
     """An EMA VectorQuantize with one codebook per group over (1, N, groups * code_dim).
-    Gradients pass the quantizer straight through, or rotated onto each code vector's
-    direction and scaled by the norms' ratio (``rotation_trick``, Fifty et al. 2024)."""
+    Gradients pass the quantizer straight through, not by the library's default, the rotation
+    trick (Fifty et al. 2024): trained 3,000 steps of configs/cpu.yaml it was worse on every
+    held-out set (BENCHMARKS.md, "Training recipe")."""
     return VectorQuantize(
         dim=groups * code_dim,
         codebook_dim=code_dim,
@@ -180,7 +180,7 @@ def build_vector_quantizer(
         kmeans_init=kmeans_init,
         dead_code_threshold_ratio=dead_code_ratio(dead_code_threshold, codebook_size),
         commitment_weight=commitment_weight,
-        rotation_trick=rotation_trick,
+        rotation_trick=False,
     )
 
 
@@ -217,7 +217,6 @@ class PartQuantizer(nn.Module):
         kmeans_init: bool = True,
         dead_code_threshold: float = 1.0,
         commitment_weight: float = 0.02,
-        rotation_trick: bool = False,
     ) -> None:
         super().__init__()
         self.num_parts, self.kind = num_parts, kind
@@ -232,7 +231,6 @@ class PartQuantizer(nn.Module):
                 kmeans_init,
                 dead_code_threshold,
                 commitment_weight,
-                rotation_trick,
             )
 
     @property
@@ -582,14 +580,19 @@ class PartTokenizer(StepEncoder):
         downsample: frames per step (default 4; pose mode 1).
         quantizer: "vq" (EMA, k-means init, dead-code replacement) or "fsq".
         ema_decay, kmeans_init, commitment_weight: VQ settings; dead_code_threshold: a code
-            whose EMA usage (vectors per batch) falls below it is replaced by a batch vector;
-            rotation_trick: gradients reach the encoder through the rotation trick, not
-            straight through (off by default: trained 3,000 steps of configs/cpu.yaml it is
-            worse on every held-out set; BENCHMARKS.md, "Training recipe").
-        llm_hidden_size, projector: continuous mode's projector ("linear" or "mlp").
+            whose EMA usage (vectors per batch) falls below it is replaced by a batch vector.
+        dropout: in every Transformer layer.
+
+    Settings since removed (``REMOVED_SETTINGS``) may still be in a saved config, holding the
+    value that did nothing; ``parttok.tokenizer.build_model`` drops them there.
     """
 
     feature_dim = FEATURE_DIM
+    # Settings the model no longer takes -> the value with which they did nothing: gradients
+    # by the rotation trick (worse on every held-out set, BENCHMARKS.md, "Training recipe");
+    # a projector to a language model's hidden size (continuous mode; never trained here,
+    # the LLM's own is in ``parttok.llm.features``).
+    REMOVED_SETTINGS = {"rotation_trick": False, "llm_hidden_size": None, "projector": "linear"}
 
     def __init__(
         self,
@@ -613,10 +616,7 @@ class PartTokenizer(StepEncoder):
         kmeans_init: bool = True,
         dead_code_threshold: float = 1.0,
         commitment_weight: float = 0.02,
-        rotation_trick: bool = False,
         dropout: float = 0.0,
-        llm_hidden_size: int | None = None,
-        projector: str = "linear",
     ) -> None:
         super().__init__()
         groups = validate_parts(SIX_PARTS if parts is None else parts)
@@ -632,8 +632,6 @@ class PartTokenizer(StepEncoder):
             quantizer,
             fsq_levels,
             codebook_size,
-            llm_hidden_size,
-            projector,
         )
         self.config = dict(
             mode=mode,
@@ -655,10 +653,7 @@ class PartTokenizer(StepEncoder):
             kmeans_init=kmeans_init,
             dead_code_threshold=dead_code_threshold,
             commitment_weight=commitment_weight,
-            rotation_trick=rotation_trick,
             dropout=dropout,
-            llm_hidden_size=llm_hidden_size,
-            projector=projector,
         )
         self.mode = mode
         self.part_names: tuple[str, ...] = tuple(groups)
@@ -710,7 +705,6 @@ class PartTokenizer(StepEncoder):
                 kmeans_init=kmeans_init,
                 dead_code_threshold=dead_code_threshold,
                 commitment_weight=commitment_weight,
-                rotation_trick=rotation_trick,
             )
 
         # Decoder.
@@ -727,10 +721,6 @@ class PartTokenizer(StepEncoder):
             nn.Conv1d(frame_dim, frame_dim, 3, padding=1) if self.temporal else None
         )
         self.joint_head = GroupedLinear(joints, frame_dim, width)
-
-        self.projector = None
-        if llm_hidden_size is not None:
-            self.projector = _build_projector(projector, self.code_dim, llm_hidden_size)
 
     # --- what the codes are ----------------------------------------------------------------
     @property
@@ -814,12 +804,6 @@ class PartTokenizer(StepEncoder):
             step_mask = decode_step_mask(codes, mask, self.frames_per_step, self.is_quantized)
             return self._decode_vectors(vectors, step_mask)
 
-    def project(self, latents: Tensor) -> Tensor:
-        """Part features (B, S, P, d) -> (B, S, P, llm_hidden_size) through the projector."""
-        if self.projector is None:
-            raise ValueError("no projector: set llm_hidden_size (continuous mode)")
-        return self.projector(latents)
-
     def _encode_latents(self, features: Tensor, mask: Tensor, step_mask: Tensor) -> Tensor:
         frame_mask = mask[..., None, None].to(features.dtype)  # (B, T, 1, 1)
         joint_features = F.pad(features, (0, 1))[..., self.gather_index]  # (B, T, J, F)
@@ -872,8 +856,6 @@ def _check_options(
     quantizer: str,
     fsq_levels: list[int],
     codebook_size: int,
-    llm_hidden_size: int | None,
-    projector: str,
 ) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -890,19 +872,6 @@ def _check_options(
             f"FSQ levels {fsq_levels} give {math.prod(fsq_levels)} codes; set codebook_size to "
             "that number"
         )
-    if llm_hidden_size is not None and mode != "continuous":
-        raise ValueError("llm_hidden_size (a projector) is for mode 'continuous'")
-    if projector not in ("linear", "mlp"):
-        raise ValueError(f"projector must be 'linear' or 'mlp', got {projector!r}")
-
-
-def _build_projector(kind: str, code_dim: int, hidden_size: int) -> nn.Module:
-    """Part features -> an LLM's hidden size: one linear map, or Linear-GELU-Linear."""
-    if kind == "linear":
-        return nn.Linear(code_dim, hidden_size)
-    return nn.Sequential(
-        nn.Linear(code_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
-    )
 
 
 def _check_shape(tensor: Tensor, trailing: tuple[int, ...], what: str) -> None:

@@ -16,9 +16,6 @@ letter in a value (a part name) goes unseen there; ``parttok decode`` then refus
 that are not its tokenizer's. Re-encode them to be safe. A one-bit flip cannot turn format
 2's version into 1. The same contents always give the same bytes: metadata and tensors in
 sorted order, no timestamps.
-
-A continuous tokenizer's projector (part features -> a language model's hidden size) is
-exported beside its features by :func:`save_projector`, also as safetensors.
 """
 
 from __future__ import annotations
@@ -39,10 +36,7 @@ from parttok.errors import TokenFileError
 from parttok.io import atomic_path
 
 FORMAT_NAME = "parttok-tokens"
-PROJECTOR_FORMAT = "parttok-projector"
-PROJECTOR_FILE = "projector.safetensors"
 FORMAT_VERSION = 2  # 2: the checksum covers the header too
-PROJECTOR_VERSION = 1
 SHIPPED_MODEL = "shipped"  # checkpoint_source of tokens made by the shipped model
 KINDS = {"codes": "codes", "continuous": "features"}  # kind -> tensor name
 STORED_TYPES = {"codes": (np.int16, np.int32), "continuous": (np.float32,)}
@@ -172,32 +166,6 @@ def load_tokens(path: str | Path, expect_identity: str | None = None) -> TokenFi
             f"{expect_identity}; {_checkpoint_advice(tokens.checkpoint_source)}"
         )
     return tokens
-
-
-def save_projector(path: str | Path, tokenizer) -> Path:
-    """Write the projector of a continuous ``tokenizer`` as safetensors: the weights of
-    ``model.projector`` (``torch.nn.Linear`` layout, y = x W^T + b; "mlp" is
-    Linear-GELU-Linear as ``0.*`` and ``2.*``) with metadata naming the checkpoint, the
-    projector kind and its input and output sizes."""
-    projector = getattr(tokenizer.model, "projector", None)
-    if projector is None:
-        raise TokenFileError(
-            "this tokenizer has no projector (continuous mode with llm_hidden_size)"
-        )
-    tensors = {name: value.detach().cpu().numpy() for name, value in projector.state_dict().items()}
-    config = tokenizer.model.config
-    metadata = {
-        "format": PROJECTOR_FORMAT,
-        "version": str(PROJECTOR_VERSION),
-        "checkpoint": tokenizer.identity,
-        "kind": str(config.get("projector", "linear")),
-        "input_dim": str(tokenizer.model.code_dim),
-        "output_dim": str(config.get("llm_hidden_size")),
-        "parts": json.dumps(list(tokenizer.parts)),
-    }
-    path = Path(path)
-    _write_safetensors(path, tensors, metadata)
-    return path
 
 
 def _write_safetensors(

@@ -63,10 +63,11 @@ def build_model(
     class_name: str, config: dict, weights: dict[str, torch.Tensor] | None = None, source: str = ""
 ) -> nn.Module:
     """Construct a registered model class from its JSON config, checked before anything is
-    built: the settings' types and bounds (``check_model_config``) and, given the ``weights``
-    it will load, that the model's tensors have their shapes (built on the meta device
-    first, so a config cannot allocate more than its weights file holds). ``source`` (the
-    file) prefixes the one-line CheckpointError."""
+    built: settings since removed dropped where they hold the value that did nothing
+    (``without_removed_settings``), the others' types and bounds (``check_model_config``) and,
+    given the ``weights`` it will load, that the model's tensors have their shapes (built on
+    the meta device first, so a config cannot allocate more than its weights file holds).
+    ``source`` (the file) prefixes the one-line CheckpointError."""
     where = f"{source}: " if source else ""
     classes = model_classes()
     if not isinstance(class_name, str) or class_name not in classes:
@@ -76,6 +77,7 @@ def build_model(
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}model config: expected a mapping, got {_brief(config)}")
     constructor = classes[class_name]
+    config = without_removed_settings(constructor, config, where)
     check_model_config(constructor, config, where)
     try:
         if weights is not None:
@@ -85,6 +87,26 @@ def build_model(
     except (TypeError, ValueError, ArithmeticError, AssertionError) as error:
         reason = str(error) or f"a setting out of range ({type(error).__name__})"
         raise CheckpointError(f"{where}config does not fit {class_name}: {reason}") from None
+
+
+def without_removed_settings(constructor: type[nn.Module], config: dict, where: str = "") -> dict:
+    """``config`` without the settings ``constructor`` no longer takes (its
+    ``REMOVED_SETTINGS``: name -> the value with which it did nothing) where they hold that
+    value, as configs and checkpoints saved before their removal do; a CheckpointError where
+    one holds another (the weights were trained with an option parttok no longer has)."""
+    removed = getattr(constructor, "REMOVED_SETTINGS", {})
+    for name, value in config.items():
+        if name in removed and not _same_value(value, removed[name]):
+            raise CheckpointError(
+                f"{where}setting {name!r} of {constructor.__name__} was removed from parttok; "
+                f"only its old default {json.dumps(removed[name])} loads, got {_brief(value)}"
+            )
+    return {name: value for name, value in config.items() if name not in removed}
+
+
+def _same_value(value: object, expected: object) -> bool:
+    """Equal and of the same type (JSON false is not 0)."""
+    return type(value) is type(expected) and value == expected
 
 
 def check_model_config(constructor: type[nn.Module], config: dict, where: str = "") -> None:

@@ -1,5 +1,5 @@
-"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings, twists, squats, jumps,
-tilts) on the HumanML3D reference clips, and the training windows it feeds."""
+"""Joint-space augmentation (speed, lean, turn, arm swaps, limb swings, squats, jumps, tilts)
+on the HumanML3D reference clips, and the training windows it feeds."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from scipy.spatial.transform import Rotation
 
 from parttok import augment as A
 from parttok import data as D
+from parttok.errors import InputError
 from parttok.features import FEATURE_DIM, ROT6D, features_to_joints, joints_to_features
 from parttok.rotations import axis_angle_matrix
 from parttok.skeleton import (
     JOINT_NAMES,
     PARENTS,
-    RIGID_GROUPS,
     TARGET_BONE_LENGTHS,
     bone_lengths,
     rigid_group_directions,
@@ -277,25 +277,6 @@ def test_draw_swing_raises_holds_and_lowers(monkeypatch):
     assert 30.0 > degrees[101] > degrees[111] > 0 and degrees[113] == 0.0  # the descent
 
 
-def _yaw_in_pelvis_frame(joints):
-    """(T,) degrees the chest's forward points left of the pelvis's forward."""
-    chest_forward = rigid_group_frames(joints, A.CHEST_GROUP)[..., 2]  # (T, 3)
-    local = _in_group_frame(joints, A.PELVIS_GROUP, chest_forward)
-    return np.degrees(np.arctan2(local[:, 0], local[:, 2]))
-
-
-def test_twist_turns_the_upper_body_about_the_pelvis_up_axis(walk, serve):
-    for clip in (walk, serve):
-        degrees = np.linspace(-50.0, 50.0, len(clip))
-        twisted = A.twist(clip, degrees)
-        _rigid_and_only_below(clip, twisted, A.SPINE1)
-        # positive turns the chest to the left of where the hips face
-        np.testing.assert_allclose(
-            _yaw_in_pelvis_frame(twisted) - _yaw_in_pelvis_frame(clip), degrees, atol=1e-6
-        )
-        np.testing.assert_array_equal(A.twist(clip, np.zeros(len(clip))), clip)
-
-
 def _pitch_in_pelvis_frame(joints, vectors):
     """(T,) degrees world ``vectors`` point forward of straight down, in the pelvis's frame
     (about its left-right axis)."""
@@ -403,15 +384,10 @@ def test_tilt_turns_the_whole_body_about_its_hips_and_sets_it_down(folder, walk,
     assert (upside_down[:, list(A.FEET), 1].min(-1) > upside_down[:, 0, 1] + 0.4).all()
 
 
-def test_draw_twist_crouch_jump_and_tilt_stay_in_their_ranges():
-    augmentation = A.Augmentation(twist_degrees=45.0, crouch_degrees=50.0, jump_frames=(6.0, 12.0),
+def test_draw_crouch_jump_and_tilt_stay_in_their_ranges():
+    augmentation = A.Augmentation(crouch_degrees=50.0, jump_frames=(6.0, 12.0),
                                   tilt_degrees=(-60.0, 120.0))  # fmt: skip
     torch.manual_seed(0)
-    twists = np.stack([augmentation.draw_twist(186, 60, 66) for _ in range(200)])  # (200, 186)
-    assert (
-        np.abs(twists).max() <= 45.0 and (twists.max(1) > 30).any() and (twists.min(1) < -30).any()
-    )
-    assert (twists[:, 0] == 0).all() and (twists[:, -1] == 0).all()  # back where it began
     for _ in range(100):
         depth, bend = augmentation.draw_crouch(186, 60, 66)
         assert 0.0 <= depth.min() and depth.max() <= 50.0 and 0.0 <= bend <= 1.0
@@ -426,64 +402,20 @@ def test_draw_twist_crouch_jump_and_tilt_stay_in_their_ranges():
     assert (tilts[:, 0] == 0).all() and (tilts[:, -1] == 0).all()  # up again
 
 
-def test_bend_turns_everything_below_each_joint_about_it(walk, serve):
-    """``bend`` (all joints at once, level by level) is each joint's subtree turned about that
-    joint by its rotation, one joint after another from the pelvis out (``_rotate_about``, the
-    limb swings' rotation): bones keep their lengths, rigid groups stay rigid, the pelvis
-    stays, and no rotation changes nothing."""
-    torch.manual_seed(0)
-    for clip in (walk, serve):
-        rotations = A.Augmentation(jitter_degrees=40.0).draw_bend(len(clip))  # (T, 22, 3)
-        bent = A.bend(clip, rotations)
-        one_by_one = clip
-        for joint in range(1, 22):  # parents before children
-            angles = np.linalg.norm(rotations[:, joint], axis=-1)  # (T,)
-            axes = rotations[:, joint] / angles[:, None]
-            below = A._descendants(joint)[1:]
-            one_by_one = A._rotate_about(one_by_one, joint, below, axes, angles)
-        np.testing.assert_allclose(bent, one_by_one, atol=1e-9)
-        assert np.abs(bent - clip).max() > 0.1  # 40 degrees: the hands move decimetres
-        np.testing.assert_allclose(bone_lengths(bent), bone_lengths(clip), atol=1e-9)
-        np.testing.assert_array_equal(bent[:, 0], clip[:, 0])
-        for parent, members in RIGID_GROUPS:
-            group = [parent, *members]
-            distances = np.linalg.norm(bent[:, group, None] - bent[:, None, group], axis=-1)
-            original = np.linalg.norm(clip[:, group, None] - clip[:, None, group], axis=-1)
-            np.testing.assert_allclose(distances, original, atol=1e-9)
-        np.testing.assert_allclose(A.bend(clip, np.zeros_like(clip)), clip, atol=1e-12)
-
-
-def test_draw_bend_drifts_between_two_random_rotations_per_joint():
-    torch.manual_seed(0)
-    rotations = A.Augmentation(jitter_degrees=20.0).draw_bend(50)  # (50, 22, 3)
-    assert rotations.shape == (50, 22, 3)
-    assert (rotations[:, A.PELVIS] == 0).all()
-    degrees = np.degrees(np.linalg.norm(rotations, axis=-1))  # (50, 22)
-    assert degrees.max() <= 20.0 + 1e-9 and degrees[[0, -1], 1:].max() > 15.0
-    np.testing.assert_allclose(np.diff(rotations, 2, axis=0), 0.0, atol=1e-12)  # linear
-    assert np.abs(rotations[0] - rotations[-1]).max() > 0.1  # and drifting
-    axes = rotations[0, 1:] / np.linalg.norm(rotations[0, 1:], axis=-1, keepdims=True)
-    assert (axes.max(0) > 0.5).all() and (axes.min(0) < -0.5).all()  # any direction
-
-
 def test_augmentation_describes_itself_for_model_cards():
     text = A.Augmentation().describe()
     assert text.startswith("50% of the training windows") and "0.75-1.33x" in text
     assert "up to 180 degrees" in text and "raised up to 90 degrees" in text
     quiet = A.Augmentation(probability=0.25, arm_swap=0.0, limb_swing=0.0).describe()
     assert quiet.startswith("25%") and "arms" not in quiet and "raised" not in quiet
-    assert not {"twist", "squat", "jump"} & set(quiet.replace(",", " ").split())
+    assert not {"squat", "jump"} & set(quiet.replace(",", " ").split())
     assert "tilted" not in quiet
-    busy = A.Augmentation(twist=0.2, crouch=0.3, jump=0.1, tilt=0.25).describe()
+    busy = A.Augmentation(crouch=0.3, jump=0.1, tilt=0.25).describe()
     assert "the whole body tilted up to 90 degrees back or 180 forward and up again 25%" in busy
     forward = A.Augmentation(tilt=0.5, tilt_degrees=(30.0, 90.0)).describe()
     assert "tilted 30 to 90 degrees forward and up again 50% of the time" in forward
-    assert "twisted up to 60 degrees and back 20% of the time" in busy
     assert "a squat up to 60 degrees deep at the hips 30%" in busy
     assert "a jump of 0.3-0.6 s in the air 10% of the time" in busy
-    assert "bent" not in busy
-    jittered = A.Augmentation(jitter=0.4, jitter_degrees=12.0).describe()
-    assert "every joint bent up to 12 degrees about a random axis 40% of the time" in jittered
 
 
 def test_augmentation_checks_its_ranges():
@@ -511,10 +443,6 @@ def test_augmentation_checks_its_ranges():
         A.Augmentation(tilt=-0.5)
     with pytest.raises(ValueError, match="tilt_degrees"):
         A.Augmentation(tilt_degrees=(-90.0, 200.0))
-    with pytest.raises(ValueError, match="jitter"):
-        A.Augmentation(jitter=1.5)
-    with pytest.raises(ValueError, match="jitter_degrees"):
-        A.Augmentation(jitter_degrees=-5.0)
     augmentation = A.Augmentation(speed=(0.5, 2.0))
     torch.manual_seed(0)
     speeds = [augmentation.draw_speed(1000, 64) for _ in range(200)]
@@ -586,9 +514,9 @@ def test_dataloader_workers_draw_different_windows(folder):
     assert not torch.allclose(first, second)
 
 
-@pytest.mark.parametrize("squats", [False, True], ids=["shipped", "twist_crouch_jump_tilt_jitter"])
+@pytest.mark.parametrize("squats", [False, True], ids=["shipped", "crouch_jump_tilt"])
 def test_augmented_windows_are_valid_motion_features(folder, squats):
-    more = {"twist": 1.0, "crouch": 1.0, "jump": 1.0, "tilt": 1.0, "jitter": 1.0} if squats else {}
+    more = {"crouch": 1.0, "jump": 1.0, "tilt": 1.0} if squats else {}
     augmentation = A.Augmentation(probability=1.0, arm_swap=1.0, **more)
     dataset, items = _windows(folder, augmentation)
     stored = (dataset.frames - dataset.mean) / dataset.std
@@ -613,13 +541,19 @@ def test_datamodule_keeps_augmentation_as_plain_numbers(humanml3d_dir):
         "probability": 0.5, "speed": (0.75, 1.33), "lean_degrees": (-10.0, 30.0),
         "turn_degrees": 180.0, "turn_frames": (10.0, 40.0), "arm_swap": 0.5,
         "limb_swing": 0.5, "swing_degrees": 90.0, "swing_frames": (6.0, 20.0),
-        "twist": 0.0, "twist_degrees": 60.0, "crouch": 0.0, "crouch_degrees": 60.0,
-        "jump": 0.0, "jump_frames": (6.0, 12.0), "tilt": 0.0, "tilt_degrees": (-90.0, 180.0),
-        "jitter": 0.0, "jitter_degrees": 15.0,
+        "crouch": 0.0, "crouch_degrees": 60.0, "jump": 0.0, "jump_frames": (6.0, 12.0),
+        "tilt": 0.0, "tilt_degrees": (-90.0, 180.0),
     }  # fmt: skip
     from_yaml = D.MotionDataModule([str(humanml3d_dir)], augment={"probability": 1.0},
                                    train_split="all", window=32)  # fmt: skip
     assert from_yaml.augment == A.Augmentation(probability=1.0)
+    # a run saved before twist and jitter were removed holds them off: dropped; on: refused
+    saved = {"probability": 1.0, "twist": 0.0, "twist_degrees": 60.0, "jitter": 0.0,
+             "jitter_degrees": 15.0}  # fmt: skip
+    old = D.MotionDataModule([str(humanml3d_dir)], augment=saved, train_split="all", window=32)
+    assert old.augment == A.Augmentation(probability=1.0)
+    with pytest.raises(InputError, match="augment.jitter was removed from parttok"):
+        D.MotionDataModule([str(humanml3d_dir)], augment={"jitter": 0.5})
     from_yaml.setup()
     batch = next(iter(from_yaml.train_dataloader()))
     assert batch["features"].shape[1:] == (32, FEATURE_DIM)

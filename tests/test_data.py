@@ -289,32 +289,3 @@ def test_datamodule_exclusions_and_statistics(converted, humanml3d_dir, tmp_path
     np.testing.assert_array_equal(limited.mean, np.load(humanml3d_dir / "Mean.npy"))
     with pytest.raises(InputError, match="HumanML3D layout"):
         D.MotionDataModule(data_dirs=[str(tmp_path)]).setup("fit")
-
-
-# --- the BVH cache ---------------------------------------------------------------------
-
-
-def test_bvh_cache_is_hit_on_the_second_load(bandai_dir, tmp_path, monkeypatch):
-    import parttok.bvh
-
-    files = sorted((bandai_dir / "data").glob("dataset-2_wave-left-hand_active_01*.bvh"))[:2]
-    bad = tmp_path / "empty.bvh"
-    bad.write_text("")
-    cache = tmp_path / "cache"
-    first = D.BVHDataset([*files, bad], cache=cache)
-    assert len(first) == 2 and first.ids == [f.stem for f in files]
-    assert [path for path, _ in first.failed] == [bad] and "empty.bvh" in first.failed[0][1]
-    assert len(list(cache.glob("*.npy"))) == 2
-    for features in first.clips:
-        assert features.shape[1] == FEATURE_DIM and np.isfinite(features).all()
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the cache was not used")
-
-    monkeypatch.setattr(parttok.bvh, "load_bvh", must_not_run)
-    second = D.BVHDataset(files, cache=cache)
-    for before, after in zip(first.clips, second.clips, strict=True):
-        np.testing.assert_array_equal(before, after)
-    # another rig, or another file content, is another key
-    assert D.bvh_cache_key(files[0]) != D.bvh_cache_key(files[0], rig="bandai")
-    assert D.bvh_cache_key(files[0]) != D.bvh_cache_key(files[1])

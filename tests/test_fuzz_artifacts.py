@@ -111,6 +111,15 @@ CHECKPOINT_CASES: dict[str, tuple[Callable, str]] = {
     "dim-true": (_set("model_config.dim", True), "setting 'dim' of PartTokenizer: expected int"),
     "dropout-negative": (_set("model_config.dropout", -1.0), "setting 'dropout'"),
     "unknown-setting": (_set("model_config.cosine_codes", True), "unknown setting 'cosine_codes'"),
+    "removed-setting-on": (  # loads only at its old default (false), as the shipped one holds
+        _set("model_config.rotation_trick", True),
+        "setting 'rotation_trick' of PartTokenizer was removed from parttok; only its old "
+        "default false loads, got True",
+    ),
+    "removed-projector": (
+        _set("model_config.llm_hidden_size", 768),
+        "setting 'llm_hidden_size' of PartTokenizer was removed",
+    ),
     "parts-nested": (_nested_parts, "setting 'parts' of PartTokenizer"),
     "dead-code-threshold": (_set("model_config.dead_code_threshold", 1e9), "config does not fit"),
     "dim-64": (_set("model_config.dim", 64), "weights do not fit the model config"),
@@ -178,6 +187,11 @@ def lightning_checkpoint(shipped, path: Path, drop: str = "", extra: dict | None
 def test_lightning_checkpoints_load_safely_or_are_one_line(shipped, tmp_path: Path) -> None:
     good = lightning_checkpoint(shipped, tmp_path / "good.ckpt")
     assert parttok.Tokenizer.from_pretrained(good).parts == tuple(shipped[0]["parts"])
+    # the shipped settings hold removed ones at their old defaults (dropped); another value
+    # of one is refused
+    assert {"rotation_trick", "llm_hidden_size", "projector"} <= shipped[0]["model_config"].keys()
+    rotated = copy.deepcopy(shipped[0])
+    rotated["model_config"]["rotation_trick"] = True
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[:4000])
     marker = tmp_path / "ran"
@@ -185,6 +199,9 @@ def test_lightning_checkpoints_load_safely_or_are_one_line(shipped, tmp_path: Pa
         lightning_checkpoint(shipped, tmp_path / "a.ckpt", "model_class"): "no model description",
         lightning_checkpoint(shipped, tmp_path / "b.ckpt", "mean"): "no normalisation statistics",
         truncated: "cannot read as a safe Lightning checkpoint (PytorchStreamReader",
+        lightning_checkpoint((rotated, shipped[1]), tmp_path / "d.ckpt"): (
+            "setting 'rotation_trick' of PartTokenizer was removed"
+        ),
         lightning_checkpoint(shipped, tmp_path / "c.ckpt", extra={"x": _Opens(marker)}): (
             "refused, not only tensors and numbers: Unsupported global: GLOBAL io.open"
         ),

@@ -12,6 +12,7 @@ import pytest
 import parttok
 from parttok import tokenizer as tokenizer_module
 from parttok.evaluation import evaluate_clips
+from parttok.model import PartTokenizer
 from parttok.tokenizer import PRETRAINED_DIR, length_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,12 @@ def test_shipped_model_loads_small_and_safe():
     assert tokenizer.parts == ("root", "torso", "left_arm", "right_arm", "left_leg", "right_leg")
     assert tokenizer.codebook_size == 512 and tokenizer.frames_per_step == 4
     assert tokenizer.bits_per_second == 270
+    # saved before settings were removed from the model: they hold the values with which they
+    # did nothing, and are dropped
+    saved = json.loads((PRETRAINED_DIR / "config.json").read_text())["model_config"]
+    removed = PartTokenizer.REMOVED_SETTINGS
+    assert {name: saved[name] for name in removed} == removed
+    assert not removed.keys() & tokenizer.model.config.keys()
 
 
 def test_shipped_model_reproduces_its_card_figures(humanml3d_dir):

@@ -193,8 +193,8 @@ def test_every_recipe_variant_changes_only_what_its_name_says(capsys, monkeypatc
 
     cpu = ["--config", str(REPO / "configs" / "cpu.yaml")]
     base = printed_config(capsys, *cpu, *BASE)
-    added = ("twist", "crouch", "jump", "tilt")  # off in the base, whatever cpu.yaml sets
-    assert [base["data"]["augment"][name] for name in added] == [0.0] * 4
+    added = ("crouch", "jump", "tilt")  # off in the base, whatever cpu.yaml sets
+    assert [base["data"]["augment"][name] for name in added] == [0.0] * 3
     assert len(base["data"]["data_dirs"]) == 7
     assert base["data"]["augment"]["turn_frames"] == [10.0, 40.0]
     init_args = base["model"]["model"]["init_args"]
@@ -302,16 +302,23 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
                 "results": results, **changes}  # fmt: skip
 
     first = {"base": entry("base", 14.0, "aa"), "fsq": entry("fsq", 15.0, "bb")}
-    # recorded before the model took rotation_trick and the augmentation jitter (a field of a
-    # dataclass given as a dict): it trained as their defaults do now; and with an option
-    # since removed (cosine_codes), off
-    del first["base"]["settings"]["model"]["model"]["init_args"]["rotation_trick"]
-    first["base"]["settings"]["model"]["model"]["init_args"]["cosine_codes"] = False
-    del first["fsq"]["settings"]["data"]["augment"]["jitter"]
-    cosine = entry("augment_80", 1.0, "ab")  # ... but not one with the removed option on
+    # recorded before the model took dropout and the augmentation its tilt (a field of a
+    # dataclass given as a dict): it trained as their defaults do now; and with options since
+    # removed off (cosine_codes) or at the value their class lists as doing nothing
+    # (REMOVED_SETTINGS: the projector's kind, the twist's size)
+    model_args = first["base"]["settings"]["model"]["model"]["init_args"]
+    del model_args["dropout"]
+    model_args |= {"cosine_codes": False, "rotation_trick": False, "llm_hidden_size": None,
+                   "projector": "linear"}  # fmt: skip
+    augmented = first["base"]["settings"]["data"]["augment"]
+    del augmented["tilt"]
+    augmented |= {"twist": 0.0, "twist_degrees": 60.0, "jitter": 0.0, "jitter_degrees": 15.0}
+    cosine = entry("augment_80", 1.0, "ab")  # ... but not one with a removed option on
     cosine["settings"]["model"]["model"]["init_args"]["cosine_codes"] = True
     jittered = entry("oversample_6_dropout", 1.0, "ac")
-    jittered["settings"]["data"]["augment"]["jitter"] = 0.5
+    jittered["settings"]["data"]["augment"] |= {"jitter": 0.5, "jitter_degrees": 15.0}
+    projected = entry("facing_loss", 1.0, "ad")
+    projected["settings"]["model"]["model"]["init_args"]["projector"] = "mlp"
     assert recipe.update_record(out, 3000, sets, splits, first).keys() == first.keys()
     newer = {
         "fsq": entry("fsq", 16.0, "cc"),
@@ -319,6 +326,7 @@ def test_the_recipe_table_keeps_measured_rows_when_their_runs_are_gone(monkeypat
         "no_mirroring": entry("no_mirroring", 1.0, "ee", splits={"bandai": "other"}),
         "augment_80": cosine,
         "oversample_6_dropout": jittered,
+        "facing_loss": projected,
         "oversample_6": entry(
             "oversample_6", 1.0, "ff", settings=recipe.recipe_of("no_mirroring")["settings"]
         ),

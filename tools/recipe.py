@@ -1,6 +1,6 @@
 """Ablate the shipped model's training recipe: its data (joint-space augmentation and its
-limb swings, twists, squats, jumps and tilts, CMU oversampling, left/right mirroring), its
-quantizer, its gradients and its losses.
+limb swings, squats, jumps and tilts, CMU oversampling, left/right mirroring), its quantizer,
+its width and depth and its losses.
 
     python tools/prepare_data.py                              # once
     python tools/recipe.py --steps 3000                       # train every variant
@@ -10,7 +10,7 @@ quantizer, its gradients and its losses.
 Each variant trains ``--steps`` optimiser steps of configs/cpu.yaml (so the thread count and
 other load do not change the result, only the time) with the settings of the recipe the
 ablations started from (``BASE``: the CMU folders listed three times, mirroring, augmentation
-without twists, squats, jumps or tilts, the model 128 wide), changed as the variant's name
+without squats, jumps or tilts, the model 128 wide), changed as the variant's name
 says ("base" changes nothing). The run the shipped model came from is marked. Runs go to
 runs/recipe<steps>/<variant>, one folder per step count. Measured as tools/release.py
 measures the shipped model. Each measurement is kept in tools/recipe_measured.json, so a row
@@ -59,7 +59,7 @@ from release import (  # noqa: E402 (tools/ is not a package)
 REPO = Path(__file__).resolve().parents[1]
 # Every variant's measurement, by run folder: the table keeps a row when its run is gone.
 RECORD = Path(__file__).with_name("recipe_measured.json")
-# The recipe of model 63edf37f (its folders; no twists, squats, jumps or tilts; turns over
+# The recipe of model 63edf37f (its folders; no squats, jumps or tilts; turns over
 # 10-40 frames; 128 wide with 32-dimensional codes; float32), whatever configs/cpu.yaml now
 # sets there; every variant starts here.
 BASE = (
@@ -68,7 +68,7 @@ BASE = (
     "--data.data_dirs",
     "[data/bandai" + ", data/cmu, data/cmu-iclone" * 3 + "]",
     "--data.augment",
-    "{twist: 0.0, crouch: 0.0, jump: 0.0, tilt: 0.0, turn_frames: [10.0, 40.0]}",
+    "{crouch: 0.0, jump: 0.0, tilt: 0.0, turn_frames: [10.0, 40.0]}",
     "--model.model.init_args.dim",
     "128",
     "--model.model.init_args.code_dim",
@@ -76,7 +76,6 @@ BASE = (
 )
 OVERSAMPLE_6 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 6 + "]")
 OVERSAMPLE_10 = ("--data.data_dirs", "[data/bandai" + ", data/cmu, data/cmu-iclone" * 10 + "]")
-TWIST_CROUCH_JUMP = ("--data.augment", "{twist: 0.3, crouch: 0.3, jump: 0.2}")
 CROUCH_JUMP = ("--data.augment", "{crouch: 0.3, jump: 0.2}")
 CROUCH_JUMP_TILT = ("--data.augment", "{crouch: 0.3, jump: 0.2, tilt: 0.2}")
 WIDTH_192 = OVERSAMPLE_6 + CROUCH_JUMP_TILT + ("--model.model.init_args.dim", "192")
@@ -118,14 +117,6 @@ VARIANTS = {
         OVERSAMPLE_6 + ("--seed_everything", "1"),
     ),
     "oversample_10": ("CMU oversampled 10x (not 3x)", OVERSAMPLE_10),
-    "twist_crouch_jump": (
-        "augmentation adds twists (30%), squats (30%) and jumps (20%)",
-        TWIST_CROUCH_JUMP,
-    ),
-    "oversample_6_twist_crouch_jump": (
-        "CMU oversampled 6x, and augmentation adds twists, squats and jumps",
-        OVERSAMPLE_6 + TWIST_CROUCH_JUMP,
-    ),
     "oversample_6_crouch_jump": (
         "CMU oversampled 6x, and augmentation adds squats and jumps (no twists)",
         OVERSAMPLE_6 + CROUCH_JUMP,
@@ -210,19 +201,6 @@ VARIANTS = {
         + ("--model.model.init_args.dim", "192", "--trainer.precision", "bf16-mixed")
         + ("--model.model.init_args.code_dim", "16"),
     ),
-    "oversample_6_crouch_jump_tilt_width_192_bf16_fast_turns_code_dim_16_jitter": (
-        "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, mixed precision, turns "
-        "in as few as 4 frames, 16-dimensional codes, and every joint bent up to 15 degrees "
-        "about a random axis in half the augmented windows: poses no clip holds, for codebooks "
-        "that cost unseen poses 8.5 mm",
-        OVERSAMPLE_6
-        + (
-            "--data.augment",
-            "{crouch: 0.3, jump: 0.2, tilt: 0.2, turn_frames: [4.0, 40.0], jitter: 0.5}",
-        )
-        + ("--model.model.init_args.dim", "192", "--trainer.precision", "bf16-mixed")
-        + ("--model.model.init_args.code_dim", "16"),
-    ),
     "oversample_6_crouch_jump_tilt_width_192_fast": (
         "CMU oversampled 6x, squats, jumps and tilts added, 192 wide, and faster motion: "
         "played up to 1.6x as fast (not 1.33x), limbs swung, squats and tilts made in as few "
@@ -260,10 +238,6 @@ VARIANTS = {
     "facing_loss": (
         "a facing loss (weight 0.25 per radian)",
         ("--model.facing_weight", "0.25"),
-    ),
-    "rotation_trick": (
-        "gradients through the codebooks by the rotation trick (not straight through)",
-        ("--model.model.init_args.rotation_trick", "true"),
     ),
 }
 

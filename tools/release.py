@@ -225,9 +225,10 @@ def with_code_defaults(settings: dict) -> dict:
     a nested ``class_path``'s) takes but ``settings`` lack set to its default: an argument
     added to the code after a run was recorded did then what its default does now (arguments
     are added with the default that keeps what the code did), so that run still counts. An
-    argument the code no longer takes is dropped where it was off (false, 0, empty): options
-    are removed once measurements rejected them, and off they did nothing. The trainer's
-    budget and output (``BUDGET_AND_OUTPUT``) are left out."""
+    argument the code no longer takes is dropped where it was off (false, 0, empty) or held
+    the value its class lists as doing nothing (``REMOVED_SETTINGS``: a size of an option
+    that was off): options are removed once measurements rejected them, and off they did
+    nothing. The trainer's budget and output (``BUDGET_AND_OUTPUT``) are left out."""
     settings = copy.deepcopy(settings)
     for name, cls in SECTION_CLASSES.items():
         if isinstance(settings.get(name), dict):
@@ -244,7 +245,12 @@ def _with_defaults(arguments: dict, cls: type) -> dict:
         for key, parameter in parameters.items()
         if key not in arguments and _plain(parameter.default)
     }
-    removed = {key for key, value in arguments.items() if key not in parameters and not value}
+    inert = getattr(cls, "REMOVED_SETTINGS", {})
+    removed = {
+        key
+        for key, value in arguments.items()
+        if key not in parameters and (not value or (key in inert and value == inert[key]))
+    }
     filled = {key: value for key, value in {**arguments, **defaults}.items() if key not in removed}
     hints = typing.get_type_hints(cls.__init__)
     for key, value in filled.items():
@@ -305,7 +311,7 @@ def windows_text(data: dict) -> str:
     augment = data.get("augment")
     if augment is not None:
         off = {"turn_degrees": 0.0, "arm_swap": 0.0, "limb_swing": 0.0}
-        augment = Augmentation(**{**off, **augment}).describe()
+        augment = Augmentation.from_settings({**off, **augment}).describe()
     mirrored = "mirrored" if data.get("mirror") else "not mirrored"
     return f"windows are {mirrored} left/right; {augment or 'no augmentation'}"
 
@@ -391,7 +397,6 @@ def model_card(tokenizer: Tokenizer, results: dict, training: dict) -> str:
         else ", no lower than in the world frame: the facing's drift costs nothing on these clips"
     )
     config = tokenizer.model.config
-    gradients = "by the rotation trick" if config.get("rotation_trick") else "straight through"
     data = textwrap.fill(
         "- Data: the train splits (80%, by a hash of each capture: a CMU trial on both rigs "
         "falls in one split) of Bandai Namco Research "
@@ -409,7 +414,7 @@ A six-part Transformer VQ-VAE ({type(tokenizer.model).__name__}): parts
 {tokenizer.frames_per_step} frames at {tokenizer.fps} fps: {tokenizer.bits_per_second:.0f} bits/s.
 {parameters / 1e6:.2f} M parameters: width {config["dim"]}, {config["encoder_depth"]} encoder and \
 {config["decoder_depth"]} decoder layers; gradients pass
-the codebooks {gradients}. Identity `{tokenizer.identity}`. Input: HumanML3D 263-dim
+the codebooks straight through. Identity `{tokenizer.identity}`. Input: HumanML3D 263-dim
 features (22 SMPL joints, Y up, metres, 20 fps), normalised with the statistics stored beside
 the weights (`stats.mean`, `stats.std` in `model.safetensors`).
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from parttok.inference import encode_files, output_jobs
     from parttok.io import ensure_output_dir
     from parttok.sources import find_clips
-    from parttok.tokenfile import PROJECTOR_FILE, SHIPPED_MODEL, save_projector
+    from parttok.tokenfile import SHIPPED_MODEL
     from parttok.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(args.checkpoint, precision=args.precision)
@@ -78,11 +78,6 @@ def run(args: argparse.Namespace) -> int:
         options=run_options(args),
         refine=args.refine,
     )
-    if getattr(tokenizer.model, "projector", None) is not None:
-        projector = Path(args.out) / PROJECTOR_FILE
-        if args.force or not projector.exists():
-            save_projector(projector, tokenizer)
-            print(f"wrote the projector of the part features to {projector}")
     return exit_status(clashes + unreadable + failed)
 
 
