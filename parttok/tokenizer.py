@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+POSE_DIR = PRETRAINED_DIR / "pose"  # the shipped pose tokenizer (single frames)
 # Padded frames one forward pass takes beyond its first clip: past this, tensors outgrow the
 # CPU's caches and each frame costs more (tools/bench_throughput.py's 4 five-minute clips in
 # one pass encoded at 11.8k frames/s, 30k with this cap).

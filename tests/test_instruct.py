@@ -32,7 +32,7 @@ from parttok.instruct import (
     write_conversations,
 )
 from parttok.skeleton import JOINT_NAMES
-from parttok.tokenizer import Tokenizer
+from parttok.tokenizer import POSE_DIR, Tokenizer
 from parttok.tokens import Vocabulary, text_to_codes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,12 +291,19 @@ def test_formats_and_files(report, tmp_path):
 def test_instruct_command(tokenizers, humanml3d_dir, tmp_path, capsys):
     out = tmp_path / "conversations.jsonl"
     args = ["instruct", str(humanml3d_dir), "--out", str(out)]
-    assert main([*args, "--checkpoint", str(tokenizers["motion_path"])]) == 0
+    motion = ["--checkpoint", str(tokenizers["motion_path"])]
+    assert main([*args, *motion, "--pose-checkpoint", "none"]) == 0
     captured = capsys.readouterr()
     assert "pose task skipped" in captured.err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["task"] for r in records} == {"t2m", "caption", "predict"}
     assert all("messages" in r for r in records)
+    assert main([*args, *motion, "--tasks", "pose", "-f"]) == 0  # the shipped pose tokenizer
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    shipped = Vocabulary.from_tokenizer(Tokenizer.from_pretrained(POSE_DIR))
+    assert records and all(r["task"] == "pose" for r in records)
+    answers = [r["messages"][1]["content"] for r in records]
+    assert all(text_to_codes(a, shipped).codes.shape == (1, 6) for a in answers)
     pose_args = ["--pose-checkpoint", str(tokenizers["pose_path"]), "--pose-input", "image"]
     status = main(
         [
@@ -327,7 +334,7 @@ def test_instruct_command_bad_inputs(tokenizers, humanml3d_dir, tmp_path, capsys
         ([str(tmp_path / "missing")], "HumanML3D layout"),
         ([str(humanml3d_dir / "texts")], "HumanML3D layout"),
         ([str(humanml3d_dir), "--tasks", "dance"], "unknown task"),
-        ([str(humanml3d_dir), "--tasks", "pose"], "--pose-checkpoint"),
+        ([str(humanml3d_dir), "--tasks", "pose", "--pose-checkpoint", "none"], "--pose-checkpoint"),
         ([str(humanml3d_dir), "--templates", str(bad_templates)], "template"),
         ([str(humanml3d_dir), "--out", str(existing)], "exists"),
     ]
@@ -351,4 +358,5 @@ def test_instruct_command_keeps_good_clips(tokenizers, humanml3d_dir, tmp_path, 
     assert status == 2
     assert "short.npy: 3 frames" in capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 4 + 4 + 4 and not any(r["clip"] == "short" for r in records)
+    # t2m, caption, predict and (the shipped pose tokenizer) pose for each of the 4 good clips
+    assert len(records) == 4 * 4 and not any(r["clip"] == "short" for r in records)

@@ -13,7 +13,7 @@ import parttok
 from parttok import tokenizer as tokenizer_module
 from parttok.evaluation import evaluate_clips
 from parttok.model import PartTokenizer
-from parttok.tokenizer import PRETRAINED_DIR, length_batches
+from parttok.tokenizer import POSE_DIR, PRETRAINED_DIR, length_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,20 @@ def test_shipped_model_reproduces_its_card_figures(humanml3d_dir):
         weighted = sum(row["per_part_mpjpe_mm"][part] * row["frames"] for row in rows)
         assert weighted / report["frames"] == pytest.approx(total)
     assert len({row["per_part_mpjpe_mm"]["left_leg"] for row in rows}) == len(rows)
+
+
+def test_shipped_pose_model_reproduces_its_card(humanml3d_dir):
+    """The shipped pose tokenizer: single frames, six codes per pose, its card's identity and
+    its HumanML3D row re-measured (MPJPE and PA-MPJPE to 0.1 mm, as the card prints them)."""
+    tokenizer = parttok.Tokenizer.from_pretrained(POSE_DIR)
+    assert tokenizer.mode == "pose" and tokenizer.frames_per_step == 1
+    card = (POSE_DIR / "MODEL_CARD.md").read_text()
+    assert f"Identity `{tokenizer.identity}`" in card
+    folder = parttok.HumanML3DFolder(humanml3d_dir)
+    report = evaluate_clips(tokenizer, {clip: folder.features(clip) for clip in folder.ids()})
+    row = f"| {len(folder.ids())} | {report['frames']} | {report['mpjpe_mm']:.1f} | "
+    row += f"{report['pa_mpjpe_mm']:.1f} |"
+    assert f"| HumanML3D reference (unseen) {row}" in card
 
 
 def test_shipped_model_reconstructs_held_out_bandai_motion(bandai_dir):

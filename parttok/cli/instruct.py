@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", metavar="PATH", help="motion tokenizer (default: shipped)")
     parser.add_argument(
-        "--pose-checkpoint", metavar="PATH", help="pose tokenizer; without it no pose task"
+        "--pose-checkpoint",
+        metavar="PATH",
+        help="pose tokenizer (default: the shipped one; 'none': no pose task)",
     )
     parser.add_argument(
         "--format",
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         summary,
         write_conversations,
     )
-    from parttok.tokenizer import Tokenizer
+    from parttok.tokenizer import POSE_DIR, Tokenizer
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -128,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
     )
     templates = load_templates(args.templates)
     tokenizer = Tokenizer.from_pretrained(args.checkpoint)
+    pose_source = args.pose_checkpoint or (POSE_DIR if "pose" in settings.tasks else None)
     pose_tokenizer = (
-        Tokenizer.from_pretrained(args.pose_checkpoint) if args.pose_checkpoint else None
+        None if pose_source in (None, "none") else Tokenizer.from_pretrained(pose_source)
     )
     for used in (tokenizer, pose_tokenizer):  # --refine applies to both
         if used is not None:
