@@ -130,6 +130,9 @@ def test_stage_one_then_two_and_caption_from_one_command(
     projector = load_file(stage1 / "llm" / PROJECTOR_FILE)
     fresh = FeatureProjector("linear", 32, 32).state_dict()
     assert projector.keys() == fresh.keys()
+    aligned = MotionLLM.from_pretrained(stage1 / "llm")  # the frozen LLM and its projector
+    clip = np.load(next((humanml3d_dir / "new_joint_vecs").glob("*.npy")))
+    assert isinstance(aligned.caption(aligned.read_batch([clip]))[0], str)
 
     extra = ["--model.adapter", "lora", "--model.projector_init", str(stage1 / "llm")]
     module = MotionLanguageModule(

@@ -236,9 +236,9 @@ def check_spec(spec: object, name: str) -> dict:
     """``spec`` if it is a valid adapter description, else one InputError naming ``name``."""
     from parttok.llm.prompt_embedding import KINDS
 
-    if not isinstance(spec, dict) or spec.get("type") not in ("lora", "moe-lora"):
-        raise InputError(f"{name}: adapter must be {{'type': 'lora' or 'moe-lora', ...}}")
-    if spec["type"] == "lora":
+    if not isinstance(spec, dict) or spec.get("type") not in ("lora", "moe-lora", "none"):
+        raise InputError(f"{name}: adapter must be {{'type': 'lora', 'moe-lora' or 'none', ...}}")
+    if spec["type"] != "moe-lora":
         return spec
 
     def count(key: str, top: int) -> None:
